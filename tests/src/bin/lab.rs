@@ -1,0 +1,345 @@
+//! `lab`: drives the swarm-glue lab by hand. See tests/README.md.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use swarm_glue_lab::demo::{self, DemoOptions};
+use swarm_glue_lab::{bench, image, lab, swarm, Addressing, Ipv4Net, Lab, LabSpec};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Real Docker Swarm nodes on this machine, to move between networks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Which {
+    /// The lab to act on (default: the only lab on this machine).
+    #[arg(long, env = "LAB")]
+    lab: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a lab, boot its nodes and form a swarm; the lab stays until `down`.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Home subnet (default: a free /24 of 10.231.0.0/16).
+        #[arg(long)]
+        subnet: Option<Ipv4Net>,
+        /// Boot the nodes but form no swarm.
+        #[arg(long)]
+        no_swarm: bool,
+    },
+    /// Show the lab's nodes, addresses and the swarm as the managers see it.
+    Status {
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Move nodes (names, or all / managers / workers) to another subnet.
+    Move {
+        #[command(flatten)]
+        which: Which,
+        /// Target subnet (default: a free /24).
+        #[arg(long, conflicts_with = "home")]
+        subnet: Option<Ipv4Net>,
+        /// Move the nodes back to the addresses they were created with.
+        #[arg(long)]
+        home: bool,
+        /// Seed of the address shuffle (printed when not given).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Pull a node's cable (its link loses carrier; its address stays).
+    Cut {
+        #[command(flatten)]
+        which: Which,
+        node: String,
+    },
+    /// Plug a cut node back in.
+    Heal {
+        #[command(flatten)]
+        which: Which,
+        node: String,
+    },
+    /// Shut a node down.
+    Stop {
+        #[command(flatten)]
+        which: Which,
+        node: String,
+    },
+    /// Boot a stopped node and wait for its dockerd.
+    Start {
+        #[command(flatten)]
+        which: Which,
+        node: String,
+    },
+    /// Restart dockerd on a node.
+    RestartDocker {
+        #[command(flatten)]
+        which: Which,
+        node: String,
+    },
+    /// Print the swarm's fingerprint as JSON.
+    Fingerprint {
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Remove labs completely (containers, networks, host iptables rules).
+    Down {
+        /// Labs to remove (default: the only lab).
+        labs: Vec<String>,
+        /// Remove every lab on this machine.
+        #[arg(long)]
+        all: bool,
+    },
+    /// The demo: a swarm moved to a new network, and what happens next.
+    Demo {
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Seconds to watch the moved swarm.
+        #[arg(long, default_value_t = 60)]
+        watch: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Keep the lab afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print the lab's own timings: image build (cold), lab up, move.
+    Bench {
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Rebuild the node image to time a cold build.
+        #[arg(long)]
+        rebuild_image: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lab: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open(which: &Which) -> anyhow::Result<Lab> {
+    let name = match &which.lab {
+        Some(n) => n.clone(),
+        None => only_lab()?,
+    };
+    Ok(Lab::open(&name)?)
+}
+
+fn only_lab() -> anyhow::Result<String> {
+    let labs = Lab::list()?;
+    match labs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("there is no lab on this machine; start one with `lab up`"),
+        many => bail!(
+            "there are several labs ({}); pick one with --lab",
+            many.join(", ")
+        ),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up {
+            managers,
+            workers,
+            subnet,
+            no_swarm,
+        } => {
+            let lab = Lab::up(&LabSpec {
+                managers,
+                workers,
+                subnet,
+                keep: true,
+                swarm: !no_swarm,
+            })?;
+            print_up_timings(&lab);
+            println!("lab {} is up", lab.name());
+            print!("{}", status_text(&lab)?);
+        }
+        Command::Status { which } => print!("{}", status_text(&open(&which)?)?),
+        Command::Move {
+            which,
+            subnet,
+            home,
+            seed,
+            nodes,
+        } => {
+            let lab = open(&which)?;
+            let report = if home {
+                lab.move_home(&nodes)?
+            } else {
+                let subnet = match subnet {
+                    Some(s) => s,
+                    None => lab.free_subnet()?,
+                };
+                let seed = seed.unwrap_or_else(swarm_glue_lab::rng::Rng::fresh_seed);
+                lab.move_nodes(&nodes, subnet, Addressing::Shuffled { seed })?
+            };
+            println!("{report}");
+            bench("lab.move_s", report.took.as_secs_f64(), "s");
+        }
+        Command::Cut { which, node } => open(&which)?.cut(&node)?,
+        Command::Heal { which, node } => open(&which)?.heal(&node)?,
+        Command::Stop { which, node } => open(&which)?.stop(&node)?,
+        Command::Start { which, node } => open(&which)?.start(&node)?,
+        Command::RestartDocker { which, node } => open(&which)?.restart_docker(&node)?,
+        Command::Fingerprint { which } => {
+            let fp = swarm::fingerprint_any(&open(&which)?)?;
+            println!("{}", serde_json::to_string_pretty(&fp)?);
+        }
+        Command::Down { labs, all } => {
+            let labs = if all {
+                Lab::list()?
+            } else if labs.is_empty() {
+                vec![only_lab()?]
+            } else {
+                labs
+            };
+            let docker = swarm_glue_lab::docker::Docker::new();
+            let mut failed = false;
+            for name in &labs {
+                for err in lab::teardown(&docker, name) {
+                    eprintln!("lab {name}: {err}");
+                    failed = true;
+                }
+                println!("lab {name} removed");
+            }
+            if failed {
+                bail!("some of the labs' resources could not be removed (see above)");
+            }
+        }
+        Command::Demo {
+            managers,
+            workers,
+            watch,
+            seed,
+            keep,
+        } => {
+            demo::run(&DemoOptions {
+                managers,
+                workers,
+                watch: Duration::from_secs(watch),
+                seed,
+                keep,
+            })?;
+        }
+        Command::Bench {
+            managers,
+            workers,
+            rebuild_image,
+        } => {
+            if rebuild_image {
+                let docker = swarm_glue_lab::docker::Docker::new();
+                docker.check_host()?;
+                let built = image::ensure_node_image(&docker, true)?;
+                let took = built.built_in.context("the image was not rebuilt")?;
+                bench("lab.image_build_cold_s", took.as_secs_f64(), "s");
+            }
+            let lab = Lab::up(&LabSpec {
+                managers,
+                workers,
+                ..LabSpec::default()
+            })?;
+            print_up_timings(&lab);
+            let target = lab.free_subnet()?;
+            let all: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
+            let report = lab.move_nodes(&all, target, Addressing::Shuffled { seed: 1 })?;
+            bench("lab.move_all_s", report.took.as_secs_f64(), "s");
+            let report = lab.move_home(&all)?;
+            bench("lab.move_home_s", report.took.as_secs_f64(), "s");
+            let down = Instant::now();
+            lab.down().map_err(|errs| {
+                anyhow::anyhow!(errs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            })?;
+            bench("lab.down_s", down.elapsed().as_secs_f64(), "s");
+        }
+    }
+    Ok(())
+}
+
+fn print_up_timings(lab: &Lab) {
+    if let Some(d) = lab.timings.image_build {
+        bench("lab.image_build_cold_s", d.as_secs_f64(), "s");
+    }
+    let n = lab.nodes().len();
+    bench(
+        &format!("lab.boot_{n}_nodes_s"),
+        lab.timings.boot.as_secs_f64(),
+        "s",
+    );
+    bench("lab.form_swarm_s", lab.timings.swarm.as_secs_f64(), "s");
+    bench("lab.up_s", lab.timings.total.as_secs_f64(), "s");
+}
+
+fn status_text(lab: &Lab) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    writeln!(out, "lab {}", lab.name())?;
+    let nets = lab.networks()?;
+    for (name, subnet) in &nets {
+        writeln!(out, "  network {name} {subnet}")?;
+    }
+    let addrs = lab.addresses()?;
+    let views = lab
+        .managers()
+        .find_map(|m| swarm::nodes(lab, &m.name).ok())
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "  {:<4} {:<8} {:<8} {:<15} {:<8} {:<12} {:<22}",
+        "node", "role", "running", "address", "state", "manager", "manager addr (raft)"
+    )?;
+    for node in lab.nodes() {
+        let view = views.iter().find(|v| v.hostname == node.name);
+        writeln!(
+            out,
+            "  {:<4} {:<8} {:<8} {:<15} {:<8} {:<12} {:<22}",
+            node.name,
+            node.role,
+            lab.is_running(&node.name).unwrap_or(false),
+            addrs[&node.name].map_or("-".into(), |a| a.to_string()),
+            view.map_or("?", |v| v.state.as_str()),
+            view.map_or(String::from("?"), |v| if v.leader {
+                "leader".into()
+            } else {
+                v.reachability.clone().unwrap_or_default()
+            }),
+            view.and_then(|v| v.manager_addr.clone())
+                .unwrap_or_default(),
+        )?;
+    }
+    if views.is_empty() {
+        writeln!(out, "  swarm: no manager can name a leader")?;
+    } else if let Ok(h) = swarm::health(lab) {
+        writeln!(out, "  swarm: {h}")?;
+    }
+    Ok(out)
+}
