@@ -8,7 +8,7 @@ pub type Result<T, E = LabError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("`{command}` failed ({status}): {stderr}")]
+    #[error("`{}` failed ({status}): {stderr}", shorten(command))]
     Command {
         command: String,
         status: String,
@@ -65,4 +65,14 @@ impl LabError {
             source,
         }
     }
+}
+
+/// Commands can carry whole scripts; a message names their first line only.
+fn shorten(command: &str) -> String {
+    let first = command.lines().next().unwrap_or_default();
+    let mut short: String = first.chars().take(160).collect();
+    if short.len() < command.len() {
+        short.push_str(" …");
+    }
+    short
 }

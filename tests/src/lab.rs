@@ -57,7 +57,7 @@ impl Role {
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -444,7 +444,7 @@ impl Lab {
                 home_net: Ipv4Net::new(home, prefix).map_err(|_| parse_err())?,
             });
         }
-        nodes.sort_by(|a, b| (a.role, node_index(&a.name)).cmp(&(b.role, node_index(&b.name))));
+        nodes.sort_by_key(|n| (n.role, node_index(&n.name)));
         Ok(Lab {
             name: name.to_string(),
             docker,
@@ -751,7 +751,8 @@ impl Lab {
 
     fn apply_move(&self, m: &Move, network: &str, subnet: Ipv4Net) -> Result<()> {
         let node = self.node(&m.node)?;
-        if let Some((old_net, _)) = self.attachment(&m.node)? {
+        let running = self.is_running(&m.node)?;
+        if let Some((old_net, old_addr)) = self.attachment(&m.node)? {
             self.docker.run(&[
                 "network",
                 "disconnect",
@@ -759,6 +760,11 @@ impl Lab {
                 &old_net,
                 &node.container,
             ])?;
+            // Docker removes the interface by the name it gave it; the lab
+            // renamed it to eth0, so the old link can survive the disconnect.
+            if running {
+                self.docker.sh(&node.container, &unlink_script(old_addr))?;
+            }
         }
         self.docker.run(&[
             "network",
@@ -768,7 +774,7 @@ impl Lab {
             network,
             &node.container,
         ])?;
-        if self.is_running(&m.node)? {
+        if running {
             self.docker
                 .sh(&node.container, &relink_script(m.to, subnet.gateway()))?;
         }
@@ -836,6 +842,10 @@ impl Lab {
     pub fn start(&self, node: &str) -> Result<()> {
         let n = self.node(node)?.clone();
         self.docker.run(&["start", &n.container])?;
+        if let Some((_, addr)) = self.attachment(node)? {
+            let subnet = self.subnet_of(addr)?;
+            self.sh(node, &relink_script(addr, subnet.gateway()))?;
+        }
         self.wait_docker(&n)
     }
 
@@ -874,6 +884,13 @@ impl Drop for Lab {
             eprintln!("lab {}: teardown: {err}", self.name);
         }
     }
+}
+
+/// Deletes whatever link inside the node still carries `addr`.
+fn unlink_script(addr: Ipv4Addr) -> String {
+    format!(
+        r#"for ifc in $(ip -o -4 addr show | awk '$4 ~ "^{addr}/" {{print $2}}'); do ip link del dev "$ifc"; done"#
+    )
 }
 
 /// Brings the interface carrying `addr` up as `eth0` with a default route, as
