@@ -1156,6 +1156,44 @@ fn remove_host_rules(matches: impl Fn(&str) -> bool) -> Vec<LabError> {
     errors
 }
 
+/// What is still on this machine with the lab's name: containers, networks,
+/// host rules. Empty after a complete teardown.
+pub fn leftovers(docker: &Docker, lab: &str) -> Result<Vec<String>> {
+    let filter = format!("label={LABEL_LAB}={lab}");
+    let mut out = Vec::new();
+    for c in docker
+        .run(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"])?
+        .lines()
+    {
+        out.push(format!("container {c}"));
+    }
+    for n in docker
+        .run(&[
+            "network",
+            "ls",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.Name}}",
+        ])?
+        .lines()
+    {
+        out.push(format!("network {n}"));
+    }
+    let comment = format!("{RULE_COMMENT_PREFIX}{lab}");
+    for table in ["filter", "nat"] {
+        for rule in host(&["iptables", "-t", table, "-S"])?.lines() {
+            if rule
+                .split_whitespace()
+                .any(|w| w.trim_matches('"') == comment)
+            {
+                out.push(format!("iptables -t {table}: {rule}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Removes labs whose owning test process is gone (killed runs), and host
 /// rules whose lab no longer exists.
 pub fn clean_stale_labs(docker: &Docker) -> Vec<LabError> {
