@@ -718,7 +718,11 @@ impl Lab {
         let moves = self.plan_move(names, subnet, &addressing)?;
         let started = Instant::now();
         let network = self.ensure_network(subnet)?;
-        par_map(&moves, |m| self.apply_move(m, &network, subnet))?;
+        // Every moving node leaves before any arrives, as when hosts are
+        // carried to another site: no moved node can talk to one that has not
+        // moved yet (Docker would learn the new address from that traffic).
+        par_map(&moves, |m| self.unplug(&m.node))?;
+        par_map(&moves, |m| self.plug(&m.node, m.to, &network, subnet))?;
         Ok(MoveReport {
             subnet,
             moves,
@@ -749,34 +753,36 @@ impl Lab {
         self.move_nodes(&names, subnet, Addressing::Exact(map))
     }
 
-    fn apply_move(&self, m: &Move, network: &str, subnet: Ipv4Net) -> Result<()> {
-        let node = self.node(&m.node)?;
-        let running = self.is_running(&m.node)?;
-        if let Some((old_net, old_addr)) = self.attachment(&m.node)? {
-            self.docker.run(&[
-                "network",
-                "disconnect",
-                "--force",
-                &old_net,
-                &node.container,
-            ])?;
-            // Docker removes the interface by the name it gave it; the lab
-            // renamed it to eth0, so the old link can survive the disconnect.
-            if running {
-                self.docker.sh(&node.container, &unlink_script(old_addr))?;
-            }
+    /// Unplugs a node from its lab network (first half of a move).
+    fn unplug(&self, node: &str) -> Result<()> {
+        let n = self.node(node)?;
+        let Some((old_net, old_addr)) = self.attachment(node)? else {
+            return Ok(());
+        };
+        self.docker
+            .run(&["network", "disconnect", "--force", &old_net, &n.container])?;
+        // Docker removes the interface by the name it gave it; the lab
+        // renamed it to eth0, so the old link can survive the disconnect.
+        if self.is_running(node)? {
+            self.docker.sh(&n.container, &unlink_script(old_addr))?;
         }
+        Ok(())
+    }
+
+    /// Plugs a node into `network` with address `addr` (second half of a move).
+    fn plug(&self, node: &str, addr: Ipv4Addr, network: &str, subnet: Ipv4Net) -> Result<()> {
+        let n = self.node(node)?;
         self.docker.run(&[
             "network",
             "connect",
             "--ip",
-            &m.to.to_string(),
+            &addr.to_string(),
             network,
-            &node.container,
+            &n.container,
         ])?;
-        if running {
+        if self.is_running(node)? {
             self.docker
-                .sh(&node.container, &relink_script(m.to, subnet.gateway()))?;
+                .sh(&n.container, &relink_script(addr, subnet.gateway()))?;
         }
         Ok(())
     }

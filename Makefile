@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both install what they need first (as root) and can be run again at will.
+
+CARGO ?= cargo
+LAB = $(CARGO) run --quiet -p swarm-glue-lab --bin lab --
+
+.PHONY: deps demo test lint unit lab-tests bench check-clean
+
+deps:
+	@./tests/host-setup.sh
+
+## The main job: a real swarm in the lab is moved to a new network.
+demo: deps
+	$(LAB) demo
+
+## Every test: formatting, lints, unit tests, then the scenario tests in the lab.
+test: deps lint unit lab-tests check-clean
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+lab-tests:
+	$(CARGO) test -p swarm-glue-lab --test baseline -- --nocapture
+
+## The lab's own timings: cold image build, lab up, moves.
+bench: deps
+	$(LAB) bench --rebuild-image
+
+## Nothing of any lab may be left on this machine after the tests.
+check-clean:
+	@left="$$(/usr/bin/docker ps -aq --filter label=swarm-glue.lab; /usr/bin/docker network ls -q --filter label=swarm-glue.lab; iptables -S DOCKER-USER | grep swarm-glue-lab || true)"; \
+	if [ -n "$$left" ]; then echo "the lab left this behind:"; echo "$$left"; exit 1; fi; \
+	echo "check-clean: no lab container, network or host rule left"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Makes this machine ready for the lab: Debian packages, and a running dockerd.
+# Idempotent: installs only what is missing and starts dockerd only if none answers.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+  echo "host-setup: the lab needs root (iptables, containers with systemd); run as root" >&2
+  exit 1
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "host-setup: cargo is missing; install a Rust toolchain (rustup, Rust >= 1.89) first" >&2
+  exit 1
+fi
+
+packages=(docker.io debootstrap busybox-static iptables iproute2 make ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "host-setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+docker=/usr/bin/docker
+if ! "$docker" info >/dev/null 2>&1; then
+  if [ "$(ps -p 1 -o comm= 2>/dev/null)" = systemd ]; then
+    systemctl start docker.service
+  else
+    echo "host-setup: starting dockerd (log: /var/log/swarm-glue-dockerd.log)"
+    setsid nohup dockerd >/var/log/swarm-glue-dockerd.log 2>&1 < /dev/null &
+  fi
+  for _ in $(seq 1 60); do
+    "$docker" info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  "$docker" info >/dev/null 2>&1 || {
+    echo "host-setup: dockerd did not come up; see /var/log/swarm-glue-dockerd.log" >&2
+    exit 1
+  }
+fi
+iptables -S DOCKER-USER >/dev/null 2>&1 || {
+  echo "host-setup: dockerd runs without its DOCKER-USER chain (started with --iptables=false?)" >&2
+  exit 1
+}
