@@ -221,16 +221,23 @@ fn lab_faults_and_bad_requests_behave_and_bad_requests_change_nothing() {
             .map(|_| ()),
         ),
         ("a host route", {
-            let route =
-                swarm_glue_lab::docker::host(&["ip", "-4", "-o", "route", "show", "scope", "link"])
-                    .expect("routes");
-            let taken = route
+            // The link route of this machine's own uplink, never a Docker bridge.
+            let host = swarm_glue_lab::docker::host;
+            let default = host(&["ip", "-4", "-o", "route", "show", "default"]).expect("routes");
+            let dev = default
+                .split_whitespace()
+                .skip_while(|w| *w != "dev")
+                .nth(1)
+                .expect("this machine has a default route")
+                .to_string();
+            let link = host(&[
+                "ip", "-4", "-o", "route", "show", "dev", &dev, "scope", "link",
+            ])
+            .expect("routes");
+            let taken: Ipv4Net = link
                 .lines()
-                .filter(|l| {
-                    !l.contains(" docker0") && !l.contains(" br-") && !l.contains(lab.name())
-                })
                 .find_map(|l| l.split_whitespace().next().and_then(|c| c.parse().ok()))
-                .expect("this machine has a link route");
+                .expect("the uplink has a link route");
             lab.move_nodes(&["w1".into()], taken, Addressing::Shuffled { seed: 1 })
                 .map(|_| ())
         }),
