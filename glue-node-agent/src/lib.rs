@@ -1,0 +1,6 @@
+//! glue-node-agent: the hands of swarm-glue on every node.
+//!
+//! [`protocol`] is the one definition of what managers and agents say to each
+//! other; glue-manager uses it from here.
+
+pub mod protocol;
