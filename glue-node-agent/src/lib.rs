@@ -4,3 +4,4 @@
 //! other; glue-manager uses it from here.
 
 pub mod protocol;
+pub mod rules;
