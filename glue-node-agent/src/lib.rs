@@ -3,5 +3,8 @@
 //! [`protocol`] is the one definition of what managers and agents say to each
 //! other; glue-manager uses it from here.
 
+pub mod netfilter;
 pub mod protocol;
+pub mod reset;
 pub mod rules;
+pub mod state;

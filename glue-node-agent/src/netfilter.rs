@@ -1,0 +1,121 @@
+//! Puts a rewrite set in force in the kernel: reads what is there with the
+//! `iptables` crate, and writes the batch built by [`crate::rules`] with one
+//! `iptables-restore --noflush` (one transaction).
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use crate::protocol::Rewrite;
+use crate::rules::{self, NatState, Ports};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetfilterError {
+    #[error("reading the nat table failed: {0}")]
+    Read(String),
+    #[error("iptables-restore refused the batch: {reason}\nbatch was:\n{batch}")]
+    Restore { reason: String, batch: String },
+}
+
+/// The kernel's nat table, as far as swarm-glue touches it.
+pub trait Netfilter: Send + Sync {
+    /// `iptables -t nat -S`.
+    fn nat_rules(&self) -> Result<String, NetfilterError>;
+    /// Applies an `iptables-restore --noflush` batch atomically.
+    fn restore(&self, batch: &str) -> Result<(), NetfilterError>;
+}
+
+/// The real one: the `iptables` crate to read, `iptables-restore` to write.
+pub struct Iptables {
+    ipt: iptables::IPTables,
+}
+
+impl Iptables {
+    pub fn new() -> Result<Self, NetfilterError> {
+        let ipt =
+            iptables::new(false).map_err(|e| NetfilterError::Read(format!("iptables: {e}")))?;
+        Ok(Iptables { ipt })
+    }
+}
+
+impl Netfilter for Iptables {
+    fn nat_rules(&self) -> Result<String, NetfilterError> {
+        self.ipt
+            .list_table(rules::TABLE)
+            .map(|lines| lines.join("\n"))
+            .map_err(|e| NetfilterError::Read(e.to_string()))
+    }
+
+    fn restore(&self, batch: &str) -> Result<(), NetfilterError> {
+        let fail = |reason: String| NetfilterError::Restore {
+            reason,
+            batch: batch.to_string(),
+        };
+        let mut child = Command::new("iptables-restore")
+            .args(["--noflush", "--wait"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("cannot run iptables-restore: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(batch.as_bytes())
+                .map_err(|e| fail(format!("writing to iptables-restore: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| fail(format!("waiting for iptables-restore: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+}
+
+/// Records batches instead of touching the kernel (for `--dry-run` and unit tests).
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub state: Mutex<String>,
+    pub batches: Mutex<Vec<String>>,
+}
+
+impl Netfilter for Recording {
+    fn nat_rules(&self) -> Result<String, NetfilterError> {
+        Ok(self.state.lock().map(|s| s.clone()).unwrap_or_default())
+    }
+
+    fn restore(&self, batch: &str) -> Result<(), NetfilterError> {
+        if let Ok(mut b) = self.batches.lock() {
+            b.push(batch.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Makes the kernel hold exactly `rewrites`. Returns whether anything changed.
+pub fn apply(
+    nf: &dyn Netfilter,
+    rewrites: &[Rewrite],
+    ports: &Ports,
+) -> Result<bool, NetfilterError> {
+    let state = NatState::parse(&nf.nat_rules()?);
+    match rules::batch(&state, rewrites, ports) {
+        None => Ok(false),
+        Some(batch) => nf.restore(&batch).map(|()| true),
+    }
+}
+
+/// True when the kernel holds exactly `rewrites`.
+pub fn in_force(
+    nf: &dyn Netfilter,
+    rewrites: &[Rewrite],
+    ports: &Ports,
+) -> Result<bool, NetfilterError> {
+    Ok(NatState::parse(&nf.nat_rules()?).matches(rewrites, ports))
+}
