@@ -4,7 +4,7 @@
 CARGO ?= cargo
 LAB = $(CARGO) run --quiet -p swarm-glue-lab --bin lab --
 
-.PHONY: deps demo test lint unit lab-tests bench check-clean
+.PHONY: deps demo test lint unit agent-tests lab-tests bench check-clean
 
 deps:
 	@./tests/host-setup.sh
@@ -13,8 +13,9 @@ deps:
 demo: deps
 	$(LAB) demo
 
-## Every test: formatting, lints, unit tests, then the scenario tests in the lab.
-test: deps lint unit lab-tests check-clean
+## Every test: formatting, lints, unit tests, the agent against real netfilter in
+## network namespaces, then the scenario tests in the lab.
+test: deps lint unit agent-tests lab-tests check-clean
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -22,6 +23,9 @@ lint:
 
 unit:
 	$(CARGO) test --workspace --lib --bins
+
+agent-tests:
+	$(CARGO) test -p glue-node-agent --tests
 
 lab-tests:
 	$(CARGO) test -p swarm-glue-lab --test baseline -- --nocapture

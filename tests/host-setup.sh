@@ -12,7 +12,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-packages=(docker.io debootstrap busybox-static iptables iproute2 make ca-certificates)
+packages=(docker.io debootstrap busybox-static iptables iproute2 conntrack make ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -3,6 +3,7 @@
 //! [`protocol`] is the one definition of what managers and agents say to each
 //! other; glue-manager uses it from here.
 
+pub mod agent;
 pub mod netfilter;
 pub mod protocol;
 pub mod reset;

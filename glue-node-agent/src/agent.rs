@@ -1,0 +1,345 @@
+//! The agent's core: takes an envelope, checks it, changes the node only as
+//! told, and answers with a reply signed by the agent's own key. The HTTP
+//! server around it stays thin.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::netfilter::{self, Netfilter};
+use crate::protocol::{
+    open_command, AgentStatus, CommandBody, CommandContext, Outcome, PublicKey, Refusal,
+    RefusalCode, Reply, Rewrite, SigningKey, TrustSet, VERSION,
+};
+use crate::reset::{self, Resetter};
+use crate::rules::Ports;
+use crate::state::{AgentState, Loaded, StateError, StateStore};
+
+/// The swarm node this agent serves; written by the installing manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub node: String,
+    pub cluster: String,
+}
+
+pub struct Agent {
+    key: SigningKey,
+    identity: Option<Identity>,
+    trust_dir: PathBuf,
+    ports: Ports,
+    store: StateStore,
+    state: Mutex<AgentState>,
+    nf: Box<dyn Netfilter>,
+    resetter: Box<dyn Resetter>,
+}
+
+/// What handling one request produced: the HTTP status and the signed reply,
+/// plus a line for the log.
+#[derive(Debug)]
+pub struct Handled {
+    pub http_status: u16,
+    pub reply: Reply,
+    pub log: String,
+}
+
+/// Everything an agent is made of but its kernel-facing parts.
+pub struct Setup {
+    pub key: SigningKey,
+    pub identity: Option<Identity>,
+    pub trust_dir: PathBuf,
+    pub ports: Ports,
+    pub state_path: PathBuf,
+}
+
+impl Agent {
+    /// Loads the persisted state (a corrupt file is moved aside, see
+    /// [`Loaded`]) and builds the agent; it does not touch the kernel yet.
+    pub fn new(
+        setup: Setup,
+        nf: Box<dyn Netfilter>,
+        resetter: Box<dyn Resetter>,
+    ) -> Result<(Self, Loaded), StateError> {
+        let store = StateStore::new(setup.state_path);
+        let (state, loaded) = store.load()?;
+        Ok((
+            Agent {
+                key: setup.key,
+                identity: setup.identity,
+                trust_dir: setup.trust_dir,
+                ports: setup.ports,
+                store,
+                state: Mutex::new(state),
+                nf,
+                resetter,
+            },
+            loaded,
+        ))
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    fn state(&self) -> AgentState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        let state = self.state();
+        AgentStatus {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            generation: state.generation,
+            in_force: netfilter::in_force(self.nf.as_ref(), &state.rewrites, &self.ports)
+                .unwrap_or(false),
+            rewrites: state.rewrites,
+            trusted_keys: load_trust_dir(&self.trust_dir).0.len(),
+        }
+    }
+
+    fn reply(&self, in_reply_to: u64, now: u64, outcome: Outcome) -> Reply {
+        let (node, cluster) = self
+            .identity
+            .as_ref()
+            .map(|i| (i.node.clone(), i.cluster.clone()))
+            .unwrap_or_default();
+        Reply {
+            v: VERSION,
+            node,
+            cluster,
+            in_reply_to,
+            at: now,
+            outcome,
+        }
+    }
+
+    fn refuse(&self, in_reply_to: u64, now: u64, refusal: Refusal) -> Handled {
+        let http_status = match refusal.code {
+            RefusalCode::Oversized => 413,
+            RefusalCode::UntrustedKey | RefusalCode::BadSignature | RefusalCode::IssuerMismatch => {
+                403
+            }
+            RefusalCode::Replayed | RefusalCode::StaleGeneration => 409,
+            RefusalCode::NotEnrolled => 503,
+            RefusalCode::Internal => 500,
+            _ => 400,
+        };
+        Handled {
+            http_status,
+            log: format!("refused: {refusal}"),
+            reply: self.reply(in_reply_to, now, Outcome::Refused { refusal }),
+        }
+    }
+
+    /// A signed status with no command (GET /v1/status).
+    pub fn status_reply(&self, now: u64) -> Reply {
+        self.reply(
+            0,
+            now,
+            Outcome::Status {
+                status: self.status(),
+            },
+        )
+    }
+
+    /// Handles one command envelope.
+    pub fn handle(&self, bytes: &[u8], now: u64) -> Handled {
+        let Some(identity) = self.identity.clone() else {
+            return self.refuse(
+                0,
+                now,
+                Refusal::new(
+                    RefusalCode::NotEnrolled,
+                    "this agent has no node and cluster ID yet (agent.toml)",
+                ),
+            );
+        };
+        let (trusted, _) = load_trust_dir(&self.trust_dir);
+        let Ok(mut state) = self.state.lock() else {
+            return self.refuse(
+                0,
+                now,
+                Refusal::new(RefusalCode::Internal, "state lock poisoned"),
+            );
+        };
+        let last_seq = |k: &PublicKey| state.last_seq_of(k);
+        let ctx = CommandContext {
+            cluster: &identity.cluster,
+            node: &identity.node,
+            trusted: &trusted,
+            now,
+            last_seq: &last_seq,
+        };
+        let cmd = match open_command(bytes, &ctx) {
+            Ok(c) => c,
+            Err(refusal) => {
+                drop(state);
+                return self.refuse(0, now, refusal);
+            }
+        };
+        let mut next = state.clone();
+        next.last_seq.insert(cmd.issuer.to_base64(), cmd.seq);
+        let issuer = cmd.issuer.short();
+        let (outcome, log) = match cmd.body {
+            CommandBody::Status => {
+                // The sequence is spent even for a status: a replay of it is refused too.
+                if let Err(e) = self.store.save(&next) {
+                    drop(state);
+                    return self.refuse(
+                        cmd.seq,
+                        now,
+                        Refusal::new(RefusalCode::Internal, e.to_string()),
+                    );
+                }
+                *state = next;
+                drop(state);
+                (
+                    Outcome::Status {
+                        status: self.status(),
+                    },
+                    format!("status asked by {issuer} (seq {})", cmd.seq),
+                )
+            }
+            CommandBody::SetRewrites {
+                generation,
+                mut rewrites,
+            } => {
+                rewrites.sort();
+                if generation < state.generation
+                    || (generation == state.generation && rewrites != state.rewrites)
+                {
+                    let refusal = Refusal::new(
+                        RefusalCode::StaleGeneration,
+                        format!(
+                            "generation {generation} does not supersede the set in force (generation {})",
+                            state.generation
+                        ),
+                    );
+                    drop(state);
+                    return self.refuse(cmd.seq, now, refusal);
+                }
+                let before: BTreeSet<Ipv4Addr> = state.rewrites.iter().map(|r| r.from).collect();
+                next.generation = generation;
+                next.rewrites = rewrites.clone();
+                // Desired state first: if the agent dies after this, it
+                // re-applies the set when it starts.
+                if let Err(e) = self.store.save(&next) {
+                    drop(state);
+                    return self.refuse(
+                        cmd.seq,
+                        now,
+                        Refusal::new(RefusalCode::Internal, e.to_string()),
+                    );
+                }
+                *state = next;
+                drop(state);
+                match self.enforce(&rewrites, &before) {
+                    Ok(changed) => (
+                        Outcome::Applied {
+                            status: self.status(),
+                        },
+                        format!(
+                            "set from {issuer} (seq {}): generation {generation}, {} rewrites{}",
+                            cmd.seq,
+                            rewrites.len(),
+                            if changed { "" } else { ", already in force" }
+                        ),
+                    ),
+                    Err(e) => {
+                        return self.refuse(cmd.seq, now, Refusal::new(RefusalCode::Internal, e));
+                    }
+                }
+            }
+            CommandBody::Unsupported => {
+                drop(state);
+                return self.refuse(
+                    cmd.seq,
+                    now,
+                    Refusal::new(RefusalCode::UnsupportedCommand, "unknown command"),
+                );
+            }
+        };
+        Handled {
+            http_status: 200,
+            reply: self.reply(cmd.seq, now, outcome),
+            log,
+        }
+    }
+
+    /// Puts `rewrites` in force; when that changed the kernel, ends the
+    /// connections to every address rewritten before or now.
+    fn enforce(&self, rewrites: &[Rewrite], before: &BTreeSet<Ipv4Addr>) -> Result<bool, String> {
+        let changed =
+            netfilter::apply(self.nf.as_ref(), rewrites, &self.ports).map_err(|e| e.to_string())?;
+        if changed {
+            let mut olds = before.clone();
+            olds.extend(rewrites.iter().map(|r| r.from));
+            let errors = reset::reset_after_change(self.resetter.as_ref(), olds);
+            if !errors.is_empty() {
+                let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "rules are in force but stale connections remain: {}",
+                    msgs.join("; ")
+                ));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Re-applies the desired set if something (a dockerd or firewalld
+    /// restart) changed the rules. Returns whether a repair was needed.
+    pub fn reassert(&self) -> Result<bool, String> {
+        let state = self.state();
+        let before: BTreeSet<Ipv4Addr> = state.rewrites.iter().map(|r| r.from).collect();
+        self.enforce(&state.rewrites, &before)
+    }
+
+    pub fn state_path(&self) -> &Path {
+        self.store.path()
+    }
+}
+
+/// Loads every `*.pub` file of the trust directory: one base64 Ed25519 key
+/// each (optionally after an `ed25519 ` prefix, with a comment after it).
+/// Returns the keys and a problem per unreadable or invalid file.
+pub fn load_trust_dir(dir: &Path) -> (TrustSet, Vec<String>) {
+    let mut keys = Vec::new();
+    let mut problems = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(format!("{}: {e}", dir.display()));
+            return (TrustSet::default(), problems);
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pub") {
+            continue;
+        }
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                let key = text
+                    .split_whitespace()
+                    .find(|w| *w != "ed25519")
+                    .and_then(PublicKey::from_base64);
+                match key {
+                    Some(k) => keys.push(k),
+                    None => problems.push(format!("{}: not an Ed25519 public key", path.display())),
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    (TrustSet::new(keys), problems)
+}
+
+/// The file a manager's key is written to in an agent's trust directory.
+pub fn trust_file_contents(key: &PublicKey, comment: &str) -> String {
+    format!("ed25519 {key} {comment}\n")
+}

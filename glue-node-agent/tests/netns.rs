@@ -1,0 +1,337 @@
+//! The agent against the real kernel: two network namespaces joined by a veth
+//! pair, real iptables rules, real sockets. `node` is where the agent runs;
+//! `peer` is the manager that moved from OLD to NEW. Needs root (CI and
+//! `make test` run as root); without it every test here fails and says so.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{now, unique, Fixture};
+use glue_node_agent::agent::Agent;
+use glue_node_agent::netfilter::Iptables;
+use glue_node_agent::protocol::Outcome;
+use glue_node_agent::reset::Kernel;
+
+const OLD: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 11);
+const NEW: Ipv4Addr = Ipv4Addr::new(10, 99, 2, 87);
+const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 2, 2);
+
+fn require_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("these tests build network namespaces and iptables rules: run them as root (make test does)");
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace, deleted when dropped.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = unique(tag);
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Runs `f` on a thread that lives in this namespace: sockets it makes
+    /// and programs it starts (iptables, ss, conntrack) are in here.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        sh(&full);
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `node` (10.99.2.2, default route via the peer) and `peer`, which answers
+/// at NEW and, until it "moves", at OLD too.
+struct Pair {
+    node: Netns,
+    peer: Netns,
+}
+
+fn pair() -> Pair {
+    require_root();
+    let node = Netns::new("gn");
+    let peer = Netns::new("gp");
+    let (a, b) = (unique("vn"), unique("vp"));
+    sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+    sh(&["ip", "link", "set", &a, "netns", &node.name]);
+    sh(&["ip", "link", "set", &b, "netns", &peer.name]);
+    node.ip(&["addr", "add", &format!("{NODE_ADDR}/24"), "dev", &a]);
+    node.ip(&["link", "set", &a, "up"]);
+    node.ip(&["route", "add", "default", "via", &NEW.to_string()]);
+    peer.ip(&["addr", "add", &format!("{NEW}/24"), "dev", &b]);
+    peer.ip(&["addr", "add", &format!("{OLD}/32"), "dev", &b]);
+    peer.ip(&["link", "set", &b, "up"]);
+    Pair { node, peer }
+}
+
+impl Pair {
+    /// The peer gives up its old address, as a moved manager does.
+    fn peer_moves(&self) {
+        let dev = self
+            .peer
+            .exec(&["ip", "-o", "-4", "addr", "show", "to", &format!("{OLD}/32")]);
+        let dev = dev
+            .split_whitespace()
+            .nth(1)
+            .expect("peer has OLD")
+            .to_string();
+        self.peer
+            .ip(&["addr", "del", &format!("{OLD}/32"), "dev", &dev]);
+    }
+
+    fn agent(&self, fx: &Fixture) -> Agent {
+        fx.agent(
+            Box::new(Iptables::new().expect("iptables")),
+            Box::new(Kernel),
+        )
+    }
+
+    fn send(&self, agent: &Agent, envelope: &[u8]) -> Outcome {
+        let handled = self.node.run(|| agent.handle(envelope, now()));
+        assert_eq!(handled.http_status, 200, "{}", handled.log);
+        handled.reply.outcome
+    }
+
+    fn nat(&self) -> String {
+        self.node.exec(&["iptables", "-t", "nat", "-S"])
+    }
+}
+
+fn connect(node: &Netns, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    node.run(|| TcpStream::connect_timeout(&to, timeout))
+}
+
+#[test]
+fn tcp_to_an_old_swarm_port_reaches_the_new_address_and_other_ports_are_left_alone() {
+    let p = pair();
+    let fx = Fixture::new();
+    let agent = p.agent(&fx);
+    let swarm = p
+        .peer
+        .run(|| TcpListener::bind((NEW, 2377)))
+        .expect("listen NEW:2377");
+    let web = p
+        .peer
+        .run(|| TcpListener::bind((NEW, 80)))
+        .expect("listen NEW:80");
+    p.peer_moves();
+
+    let outcome = p.send(&agent, &fx.set(1, 1, &[(OLD, NEW)]));
+    assert!(
+        matches!(outcome, Outcome::Applied { ref status } if status.in_force),
+        "{outcome:?}"
+    );
+
+    let mut c = connect(&p.node, (OLD, 2377).into(), Duration::from_secs(3))
+        .expect("OLD:2377 is redirected to NEW:2377");
+    let (mut s, _) = swarm.accept().expect("accept");
+    assert_eq!(s.local_addr().expect("addr"), SocketAddr::from((NEW, 2377)));
+    c.write_all(b"raft").expect("write");
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).expect("read");
+    assert_eq!(&buf, b"raft");
+
+    web.set_nonblocking(true).expect("nonblocking");
+    let plain = connect(&p.node, (OLD, 80).into(), Duration::from_millis(800));
+    assert!(
+        plain.is_err(),
+        "OLD:80 must not be redirected, but it connected"
+    );
+    assert!(
+        web.accept().is_err(),
+        "NEW:80 got a connection meant for OLD:80"
+    );
+}
+
+#[test]
+fn udp_to_an_old_gossip_port_is_redirected() {
+    let p = pair();
+    let fx = Fixture::new();
+    let agent = p.agent(&fx);
+    let gossip = p
+        .peer
+        .run(|| UdpSocket::bind((NEW, 7946)))
+        .expect("bind NEW:7946");
+    gossip
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    p.peer_moves();
+    p.send(&agent, &fx.set(1, 1, &[(OLD, NEW)]));
+    p.node.run(|| {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        s.send_to(b"ping", (OLD, 7946)).expect("send");
+    });
+    let mut buf = [0u8; 16];
+    let (n, from) = gossip
+        .recv_from(&mut buf)
+        .expect("the datagram reaches NEW:7946");
+    assert_eq!(&buf[..n], b"ping");
+    assert_eq!(from.ip(), std::net::IpAddr::V4(NODE_ADDR));
+}
+
+#[test]
+fn an_established_connection_to_an_old_address_is_aborted_when_the_set_arrives() {
+    let p = pair();
+    let fx = Fixture::new();
+    let agent = p.agent(&fx);
+    let old = p
+        .peer
+        .run(|| TcpListener::bind((OLD, 2377)))
+        .expect("listen OLD");
+    let mut c = connect(&p.node, (OLD, 2377).into(), Duration::from_secs(3)).expect("connect OLD");
+    let (_s, _) = old.accept().expect("accept");
+    p.peer_moves();
+
+    p.send(&agent, &fx.set(1, 1, &[(OLD, NEW)]));
+    c.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut buf = [0u8; 1];
+    let got = c.read(&mut buf);
+    match got {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+        other => panic!("the stale connection to OLD should be aborted, read gave {other:?}"),
+    }
+}
+
+#[test]
+fn the_same_set_twice_changes_nothing_and_the_empty_set_leaves_no_trace() {
+    let p = pair();
+    let fx = Fixture::new();
+    let agent = p.agent(&fx);
+    let second_old = Ipv4Addr::new(10, 99, 1, 12);
+    let second_new = Ipv4Addr::new(10, 99, 2, 33);
+    let set = [(OLD, NEW), (second_old, second_new)];
+    let save = || {
+        p.node
+            .exec(&["iptables-save", "-t", "nat"])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    p.send(&agent, &fx.set(1, 1, &set));
+    let first = save();
+    assert!(first.contains("SWARM-GLUE"), "{first}");
+    p.send(&agent, &fx.set(2, 2, &set));
+    assert_eq!(
+        save(),
+        first,
+        "re-applying the same set changed the nat table"
+    );
+
+    let outcome = p.send(&agent, &fx.set(3, 3, &[]));
+    assert!(
+        matches!(outcome, Outcome::Applied { ref status } if status.in_force && status.rewrites.is_empty())
+    );
+    let nat = p.nat();
+    assert!(
+        !nat.contains("swarm-glue") && !nat.contains("SWARM-GLUE"),
+        "the empty set left rules behind:\n{nat}"
+    );
+}
+
+#[test]
+fn a_flushed_nat_table_is_repaired() {
+    let p = pair();
+    let fx = Fixture::new();
+    let agent = p.agent(&fx);
+    p.send(&agent, &fx.set(1, 1, &[(OLD, NEW)]));
+    p.node.exec(&["iptables", "-t", "nat", "-F"]);
+    p.node.exec(&["iptables", "-t", "nat", "-X"]);
+    assert!(!p.nat().contains("SWARM-GLUE"));
+    assert!(!p.node.run(|| agent.status()).in_force);
+    let repaired = p.node.run(|| agent.reassert()).expect("reassert");
+    assert!(repaired, "a repair was needed");
+    assert!(p.node.run(|| agent.status()).in_force, "{}", p.nat());
+    assert!(
+        !p.node.run(|| agent.reassert()).expect("reassert"),
+        "nothing left to repair"
+    );
+}
+
+#[test]
+fn a_udp_flow_started_before_the_set_is_redirected_after_it() {
+    let p = pair();
+    let fx = Fixture::new();
+    let agent = p.agent(&fx);
+    let old = p
+        .peer
+        .run(|| UdpSocket::bind((OLD, 7946)))
+        .expect("bind OLD:7946");
+    let new = p
+        .peer
+        .run(|| UdpSocket::bind((NEW, 7946)))
+        .expect("bind NEW:7946");
+    for s in [&old, &new] {
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+    }
+    // One socket for the whole flow, as memberlist keeps.
+    let client = p
+        .node
+        .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7946)))
+        .expect("bind");
+    client.send_to(b"before", (OLD, 7946)).expect("send");
+    let mut buf = [0u8; 16];
+    let (n, _) = old
+        .recv_from(&mut buf)
+        .expect("reaches OLD before the move");
+    assert_eq!(&buf[..n], b"before");
+
+    p.peer_moves();
+    p.send(&agent, &fx.set(1, 1, &[(OLD, NEW)]));
+    client.send_to(b"after", (OLD, 7946)).expect("send");
+    let (n, _) = new
+        .recv_from(&mut buf)
+        .expect("the flow's conntrack entry was forgotten, so the datagram reaches NEW");
+    assert_eq!(&buf[..n], b"after");
+}

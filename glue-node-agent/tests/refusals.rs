@@ -1,0 +1,200 @@
+//! Every bad command is refused with its reason and changes nothing: neither
+//! the kernel (recorded, no batch) nor the persisted state. No root needed.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use common::{now, Fixture};
+use glue_node_agent::netfilter::{Netfilter, NetfilterError, Recording};
+use glue_node_agent::protocol::{
+    CommandBody, Outcome, RefusalCode, SigningKey, MAX_ENVELOPE_BYTES,
+};
+use glue_node_agent::reset::{ResetError, Resetter};
+
+#[derive(Default)]
+struct Calls {
+    nf: Recording,
+    resets: std::sync::Mutex<Vec<Ipv4Addr>>,
+}
+
+struct Nf(Arc<Calls>);
+impl Netfilter for Nf {
+    fn nat_rules(&self) -> Result<String, NetfilterError> {
+        self.0.nf.nat_rules()
+    }
+    fn restore(&self, batch: &str) -> Result<(), NetfilterError> {
+        self.0.nf.restore(batch)
+    }
+}
+
+struct Rs(Arc<Calls>);
+impl Resetter for Rs {
+    fn kill_sockets_to(&self, addr: Ipv4Addr) -> Result<(), ResetError> {
+        self.0.resets.lock().expect("lock").push(addr);
+        Ok(())
+    }
+    fn forget_flows_to(&self, _: Ipv4Addr) -> Result<(), ResetError> {
+        Ok(())
+    }
+}
+
+const OLD: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
+const NEW: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 87);
+
+#[test]
+fn every_bad_command_is_refused_with_its_reason_and_changes_nothing() {
+    let fx = Fixture::new();
+    let calls = Arc::new(Calls::default());
+    let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(Rs(calls.clone())));
+    // One good command first, so there is a sequence to replay.
+    let good = fx.set(5, 1, &[(OLD, NEW)]);
+    let handled = agent.handle(&good, now());
+    assert_eq!(handled.http_status, 200, "{}", handled.log);
+    let state_before = std::fs::read(agent.state_path()).expect("state");
+    let batches_before = calls.nf.batches.lock().expect("lock").len();
+
+    let stranger = SigningKey::generate().expect("key");
+    let mut cases: Vec<(&str, Vec<u8>, RefusalCode)> = vec![
+        (
+            "oversized",
+            vec![b'{'; MAX_ENVELOPE_BYTES + 1],
+            RefusalCode::Oversized,
+        ),
+        (
+            "malformed",
+            b"\x00\x01garbage".to_vec(),
+            RefusalCode::Malformed,
+        ),
+        (
+            "truncated",
+            good[..good.len() - 9].to_vec(),
+            RefusalCode::Malformed,
+        ),
+        ("replayed", good.clone(), RefusalCode::Replayed),
+        (
+            "unknown key",
+            fx.command(6, CommandBody::Status)
+                .seal(&stranger)
+                .to_bytes(),
+            RefusalCode::UntrustedKey,
+        ),
+        (
+            "stale generation",
+            fx.set(7, 0, &[]),
+            RefusalCode::StaleGeneration,
+        ),
+    ];
+    let mut unsigned: serde_json::Value = serde_json::from_slice(&fx.set(8, 2, &[])).expect("json");
+    unsigned["sig"] = serde_json::Value::String(String::new());
+    cases.push((
+        "unsigned",
+        serde_json::to_vec(&unsigned).expect("json"),
+        RefusalCode::BadSignature,
+    ));
+    let mut forged: serde_json::Value = serde_json::from_slice(&fx.set(9, 2, &[])).expect("json");
+    forged["sig"] = serde_json::from_slice::<serde_json::Value>(
+        &fx.command(9, CommandBody::Status)
+            .seal(&stranger)
+            .to_bytes(),
+    )
+    .expect("json")["sig"]
+        .clone();
+    cases.push((
+        "wrongly signed",
+        serde_json::to_vec(&forged).expect("json"),
+        RefusalCode::BadSignature,
+    ));
+    let mut expired = fx.command(10, CommandBody::Status);
+    expired.expires = now() - 120;
+    cases.push((
+        "expired",
+        expired.seal(&fx.manager).to_bytes(),
+        RefusalCode::Expired,
+    ));
+    let mut other_cluster = fx.command(11, CommandBody::Status);
+    other_cluster.cluster = "another-cluster".into();
+    cases.push((
+        "wrong cluster",
+        other_cluster.seal(&fx.manager).to_bytes(),
+        RefusalCode::WrongCluster,
+    ));
+    let mut other_node = fx.command(12, CommandBody::Status);
+    other_node.target = "another-node".into();
+    cases.push((
+        "wrong target",
+        other_node.seal(&fx.manager).to_bytes(),
+        RefusalCode::WrongTarget,
+    ));
+
+    for (what, bytes, code) in cases {
+        let handled = agent.handle(&bytes, now());
+        match &handled.reply.outcome {
+            Outcome::Refused { refusal } => {
+                assert_eq!(refusal.code, code, "{what}: {}", refusal.reason);
+                assert!(!refusal.reason.is_empty(), "{what}: no reason given");
+            }
+            other => panic!("{what} was not refused: {other:?}"),
+        }
+        assert!(
+            handled.http_status >= 400,
+            "{what}: HTTP {}",
+            handled.http_status
+        );
+        assert!(
+            handled.log.starts_with("refused:"),
+            "{what}: log `{}`",
+            handled.log
+        );
+        assert_eq!(
+            std::fs::read(agent.state_path()).expect("state"),
+            state_before,
+            "{what} changed the persisted state"
+        );
+        assert_eq!(
+            calls.nf.batches.lock().expect("lock").len(),
+            batches_before,
+            "{what} touched netfilter"
+        );
+    }
+}
+
+#[test]
+fn a_replay_is_refused_after_a_restart_too() {
+    let fx = Fixture::new();
+    let calls = Arc::new(Calls::default());
+    let cmd = fx
+        .command(3, CommandBody::Status)
+        .seal(&fx.manager)
+        .to_bytes();
+    {
+        let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(Rs(calls.clone())));
+        assert_eq!(agent.handle(&cmd, now()).http_status, 200);
+    }
+    let restarted = fx.agent(Box::new(Nf(calls.clone())), Box::new(Rs(calls)));
+    let handled = restarted.handle(&cmd, now());
+    assert!(
+        matches!(&handled.reply.outcome, Outcome::Refused { refusal } if refusal.code == RefusalCode::Replayed),
+        "{:?}",
+        handled.reply
+    );
+}
+
+#[test]
+fn replies_are_signed_with_the_agents_own_key() {
+    let fx = Fixture::new();
+    let calls = Arc::new(Calls::default());
+    let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(Rs(calls)));
+    let handled = agent.handle(
+        &fx.command(1, CommandBody::Status)
+            .seal(&fx.manager)
+            .to_bytes(),
+        now(),
+    );
+    let envelope = handled.reply.seal(agent.signing_key()).to_bytes();
+    let pinned = glue_node_agent::protocol::TrustSet::new([agent.public_key()]);
+    let (_, reply) = glue_node_agent::protocol::Reply::open(&envelope, &pinned).expect("verifies");
+    assert_eq!(reply.in_reply_to, 1);
+    assert!(matches!(reply.outcome, Outcome::Status { .. }));
+}
