@@ -310,6 +310,25 @@ pub enum RefusalCode {
 }
 
 impl RefusalCode {
+    pub const ALL: [RefusalCode; 16] = [
+        RefusalCode::Oversized,
+        RefusalCode::Malformed,
+        RefusalCode::UntrustedKey,
+        RefusalCode::BadSignature,
+        RefusalCode::UnsupportedVersion,
+        RefusalCode::IssuerMismatch,
+        RefusalCode::WrongCluster,
+        RefusalCode::WrongTarget,
+        RefusalCode::Expired,
+        RefusalCode::ExpiryTooFar,
+        RefusalCode::Replayed,
+        RefusalCode::StaleGeneration,
+        RefusalCode::InvalidRewrites,
+        RefusalCode::UnsupportedCommand,
+        RefusalCode::NotEnrolled,
+        RefusalCode::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalCode::Oversized => "oversized",
