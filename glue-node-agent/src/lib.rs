@@ -4,8 +4,10 @@
 //! other; glue-manager uses it from here.
 
 pub mod agent;
+pub mod config;
 pub mod netfilter;
 pub mod protocol;
 pub mod reset;
 pub mod rules;
+pub mod server;
 pub mod state;

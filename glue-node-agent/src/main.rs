@@ -1,8 +1,246 @@
 //! glue-node-agent: applies swarm-glue's signed address rewrites on one node.
-//!
-//! The agent is built by issue #3; until then the binary only reports its
-//! version so the workspace, packaging and lab have a real artefact to carry.
 
-fn main() {
-    println!("glue-node-agent {}", env!("CARGO_PKG_VERSION"));
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use glue_node_agent::agent::{load_trust_dir, Agent, Identity, Setup};
+use glue_node_agent::config::{self, Config};
+use glue_node_agent::netfilter::Iptables;
+use glue_node_agent::protocol::SigningKey;
+use glue_node_agent::reset::Kernel;
+use glue_node_agent::server;
+use glue_node_agent::state::Loaded;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Applies swarm-glue's signed address rewrites on this node"
+)]
+struct Cli {
+    /// Configuration file (every option has a default).
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (the default; what the systemd unit starts).
+    Run,
+    /// Print what this node has in force.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let explicit = cli.config.as_os_str() != config::DEFAULT_PATH;
+    let result = Config::load(&cli.config, explicit)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| match cli.command.unwrap_or(Cmd::Run) {
+            Cmd::Run => run(cfg),
+            Cmd::Status => status(&cfg),
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("glue-node-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GLUE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd, journald adds the time and keeps the fields.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(journald)
+                .init();
+            return;
+        }
+    }
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+}
+
+/// Loads the agent's key, or makes one at first start (0600, never logged).
+fn load_or_create_key(cfg: &Config) -> anyhow::Result<SigningKey> {
+    let path = cfg.key_path();
+    let key = match fs::read(&path) {
+        Ok(bytes) => {
+            SigningKey::from_pkcs8(&bytes).with_context(|| format!("{}", path.display()))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(&cfg.state_dir)
+                .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+            let key = SigningKey::generate()?;
+            write_private(&path, key.pkcs8())?;
+            tracing::info!(key = %key.public().short(), "made this agent's signing key");
+            key
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let public = format!("ed25519 {}\n", key.public());
+    fs::write(cfg.public_key_path(), public)
+        .with_context(|| format!("writing {}", cfg.public_key_path().display()))?;
+    Ok(key)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn build_agent(cfg: &Config) -> anyhow::Result<Agent> {
+    let key = load_or_create_key(cfg)?;
+    let identity = (!cfg.node_id.is_empty() && !cfg.cluster_id.is_empty()).then(|| Identity {
+        node: cfg.node_id.clone(),
+        cluster: cfg.cluster_id.clone(),
+    });
+    if identity.is_none() {
+        tracing::warn!("node_id or cluster_id missing in the config: commands are refused until a manager enrolls this node");
+    }
+    let setup = Setup {
+        key,
+        identity,
+        trust_dir: cfg.trust_dir.clone(),
+        ports: cfg.ports(),
+        state_path: cfg.state_path(),
+    };
+    let (agent, loaded) = Agent::new(setup, Box::new(Iptables::new()?), Box::new(Kernel))?;
+    if let Loaded::CorruptMovedTo(aside) = &loaded {
+        tracing::error!(
+            "state file {} was corrupt; moved it to {} and started with no rewrites",
+            cfg.state_path().display(),
+            aside.display()
+        );
+    }
+    Ok(agent)
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    init_logging();
+    let agent = Arc::new(build_agent(&cfg)?);
+    let (trusted, problems) = load_trust_dir(&cfg.trust_dir);
+    for p in problems {
+        tracing::warn!("trust directory: {p}");
+    }
+    match agent.reassert() {
+        Ok(true) => tracing::info!("re-applied the persisted rewrite set"),
+        Ok(false) => {}
+        Err(e) => tracing::error!("could not re-apply the persisted rewrite set: {e}"),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("listening on {}", cfg.listen))?;
+        let status = agent.status();
+        let line = format!(
+            "listening on {}, {} trusted manager keys, generation {} with {} rewrites",
+            cfg.listen,
+            trusted.len(),
+            status.generation,
+            status.rewrites.len()
+        );
+        tracing::info!(key = %agent.public_key().short(), "{line}");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&line)]);
+
+        let mut watchdog_usec = 0u64;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+        let tick = if watchdog {
+            Duration::from_micros(watchdog_usec / 2).min(Duration::from_secs(cfg.reassert_interval_s.max(1)))
+        } else {
+            Duration::from_secs(cfg.reassert_interval_s.max(1))
+        };
+        let server = tokio::spawn(server::serve(listener, agent.clone()));
+        let mut interval = tokio::time::interval(tick);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {
+                    let a = agent.clone();
+                    match tokio::task::spawn_blocking(move || a.reassert()).await {
+                        Ok(Ok(true)) => tracing::warn!("rules had changed under us (a firewall reload?); repaired"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::error!("could not keep the rules in force: {e}"),
+                        Err(e) => tracing::error!("rule check failed: {e}"),
+                    }
+                    if watchdog {
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        // The rules stay: they must outlive an agent restart.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        server.abort();
+        tracing::info!("stopping; the rewrite rules stay in force");
+        anyhow::Ok(())
+    })
+}
+
+fn status(cfg: &Config) -> anyhow::Result<()> {
+    let agent = build_agent(cfg)?;
+    let s = agent.status();
+    println!("glue-node-agent {}", s.agent_version);
+    println!(
+        "  node        {}",
+        if cfg.node_id.is_empty() {
+            "(not enrolled)"
+        } else {
+            &cfg.node_id
+        }
+    );
+    println!("  key         {}", agent.public_key());
+    println!(
+        "  trusted     {} manager keys in {}",
+        s.trusted_keys,
+        cfg.trust_dir.display()
+    );
+    println!("  generation  {}", s.generation);
+    println!(
+        "  in force    {}",
+        if s.in_force {
+            "yes"
+        } else {
+            "NO (the agent repairs this when running)"
+        }
+    );
+    if s.rewrites.is_empty() {
+        println!("  rewrites    none");
+    }
+    for r in &s.rewrites {
+        println!("  rewrite     {} -> {}", r.from, r.to);
+    }
+    Ok(())
 }

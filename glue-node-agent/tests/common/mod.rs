@@ -4,13 +4,14 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::process::Command as Process;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use glue_node_agent::agent::{trust_file_contents, Agent, Identity, Setup};
-use glue_node_agent::netfilter::Netfilter;
-use glue_node_agent::protocol::{Command, CommandBody, Rewrite, SigningKey, VERSION};
-use glue_node_agent::reset::Resetter;
+use glue_node_agent::netfilter::{Iptables, Netfilter};
+use glue_node_agent::protocol::{Command, CommandBody, Outcome, Rewrite, SigningKey, VERSION};
+use glue_node_agent::reset::{Kernel, Resetter};
 use glue_node_agent::rules::Ports;
 
 pub const CLUSTER: &str = "test-cluster";
@@ -101,5 +102,135 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub const OLD: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 11);
+pub const NEW: Ipv4Addr = Ipv4Addr::new(10, 99, 2, 87);
+pub const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 2, 2);
+
+pub fn require_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!("these tests build network namespaces and iptables rules: run them as root (make test does)");
+    }
+}
+
+pub fn sh(args: &[&str]) -> String {
+    let out = Process::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace, deleted when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = unique(tag);
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Runs `f` on a thread that lives in this namespace: sockets it makes
+    /// and programs it starts (iptables, ss, conntrack) are in here.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        sh(&full);
+    }
+
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Process::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// `node` (10.99.2.2, default route via the peer) and `peer`, which answers
+/// at NEW and, until it "moves", at OLD too.
+pub struct Pair {
+    pub node: Netns,
+    pub peer: Netns,
+}
+
+pub fn pair() -> Pair {
+    require_root();
+    let node = Netns::new("gn");
+    let peer = Netns::new("gp");
+    let (a, b) = (unique("vn"), unique("vp"));
+    sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+    sh(&["ip", "link", "set", &a, "netns", &node.name]);
+    sh(&["ip", "link", "set", &b, "netns", &peer.name]);
+    node.ip(&["addr", "add", &format!("{NODE_ADDR}/24"), "dev", &a]);
+    node.ip(&["link", "set", &a, "up"]);
+    node.ip(&["route", "add", "default", "via", &NEW.to_string()]);
+    peer.ip(&["addr", "add", &format!("{NEW}/24"), "dev", &b]);
+    peer.ip(&["addr", "add", &format!("{OLD}/32"), "dev", &b]);
+    peer.ip(&["link", "set", &b, "up"]);
+    Pair { node, peer }
+}
+
+impl Pair {
+    /// The peer gives up its old address, as a moved manager does.
+    pub fn peer_moves(&self) {
+        let dev = self
+            .peer
+            .exec(&["ip", "-o", "-4", "addr", "show", "to", &format!("{OLD}/32")]);
+        let dev = dev
+            .split_whitespace()
+            .nth(1)
+            .expect("peer has OLD")
+            .to_string();
+        self.peer
+            .ip(&["addr", "del", &format!("{OLD}/32"), "dev", &dev]);
+    }
+
+    pub fn agent(&self, fx: &Fixture) -> Agent {
+        fx.agent(
+            Box::new(Iptables::new().expect("iptables")),
+            Box::new(Kernel),
+        )
+    }
+
+    pub fn send(&self, agent: &Agent, envelope: &[u8]) -> Outcome {
+        let handled = self.node.run(|| agent.handle(envelope, now()));
+        assert_eq!(handled.http_status, 200, "{}", handled.log);
+        handled.reply.outcome
+    }
+
+    pub fn nat(&self) -> String {
+        self.node.exec(&["iptables", "-t", "nat", "-S"])
     }
 }
