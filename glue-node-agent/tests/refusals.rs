@@ -198,3 +198,26 @@ fn replies_are_signed_with_the_agents_own_key() {
     assert_eq!(reply.in_reply_to, 1);
     assert!(matches!(reply.outcome, Outcome::Status { .. }));
 }
+
+#[test]
+fn a_key_removed_from_the_trust_directory_is_refused_from_then_on() {
+    let fx = Fixture::new();
+    let calls = Arc::new(Calls::default());
+    let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(Rs(calls)));
+    let first = fx
+        .command(1, CommandBody::Status)
+        .seal(&fx.manager)
+        .to_bytes();
+    assert_eq!(agent.handle(&first, now()).http_status, 200);
+    std::fs::remove_file(fx.dir.join("trusted/manager-1.pub")).expect("remove key");
+    let second = fx
+        .command(2, CommandBody::Status)
+        .seal(&fx.manager)
+        .to_bytes();
+    let handled = agent.handle(&second, now());
+    assert!(
+        matches!(&handled.reply.outcome, Outcome::Refused { refusal } if refusal.code == RefusalCode::UntrustedKey),
+        "{:?}",
+        handled.reply
+    );
+}
