@@ -1,9 +1,7 @@
 //! glue-node-agent: applies swarm-glue's signed address rewrites on one node.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +14,7 @@ use glue_node_agent::netfilter::Iptables;
 use glue_node_agent::protocol::SigningKey;
 use glue_node_agent::reset::Kernel;
 use glue_node_agent::server;
-use glue_node_agent::state::Loaded;
+use glue_node_agent::state::{write_atomic, Loaded};
 
 #[derive(Parser)]
 #[command(
@@ -93,7 +91,7 @@ fn load_or_create_key(cfg: &Config) -> anyhow::Result<SigningKey> {
             fs::create_dir_all(&cfg.state_dir)
                 .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
             let key = SigningKey::generate()?;
-            write_private(&path, key.pkcs8())?;
+            write_atomic(&path, key.pkcs8())?;
             tracing::info!(key = %key.public().short(), "made this agent's signing key");
             key
         }
@@ -103,21 +101,6 @@ fn load_or_create_key(cfg: &Config) -> anyhow::Result<SigningKey> {
     fs::write(cfg.public_key_path(), public)
         .with_context(|| format!("writing {}", cfg.public_key_path().display()))?;
     Ok(key)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 fn build_agent(cfg: &Config) -> anyhow::Result<Agent> {
