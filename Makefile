@@ -4,7 +4,7 @@
 CARGO ?= cargo
 LAB = $(CARGO) run --quiet -p swarm-glue-lab --bin lab --
 
-.PHONY: deps demo test lint unit agent-tests lab-tests bench check-clean
+.PHONY: deps demo test lint unit agent-tests fuzz lab-tests bench check-clean
 
 deps:
 	@./tests/host-setup.sh
@@ -15,7 +15,7 @@ demo: deps
 
 ## Every test: formatting, lints, unit tests, the agent against real netfilter in
 ## network namespaces, then the scenario tests in the lab.
-test: deps lint unit agent-tests lab-tests check-clean
+test: deps lint unit agent-tests fuzz lab-tests check-clean
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -27,11 +27,18 @@ unit:
 agent-tests:
 	$(CARGO) test -p glue-node-agent --tests
 
+## The agent's command decoder under libFuzzer, for a bounded time.
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd glue-node-agent && $(CARGO) +nightly fuzz run open_command -- -max_total_time=$(FUZZ_SECONDS)
+
 lab-tests:
 	$(CARGO) test -p swarm-glue-lab --test baseline -- --nocapture
 
-## The lab's own timings: cold image build, lab up, moves.
+## Figures, printed as BENCH lines: the agent (size, idle RSS, applying 20
+## rewrites), then the lab (cold image build, lab up, moves).
 bench: deps
+	$(CARGO) bench -p glue-node-agent
 	$(LAB) bench --rebuild-image
 
 ## Nothing of any lab may be left on this machine after the tests.

@@ -12,6 +12,16 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# The decoder's fuzz target builds with nightly (sanitizers) and cargo-fuzz.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "host-setup: the Rust nightly toolchain is missing (rustup toolchain install nightly); make fuzz needs it" >&2
+  exit 1
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "host-setup: installing cargo-fuzz"
+  cargo install --quiet --locked cargo-fuzz
+fi
+
 packages=(docker.io debootstrap busybox-static iptables iproute2 conntrack make ca-certificates)
 missing=()
 for p in "${packages[@]}"; do

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,22 +59,9 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-/// A bare HTTP/1.1 exchange from the peer namespace: (status, body).
 fn http(p: &Pair, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    p.peer.run(|| {
-        let mut s = TcpStream::connect((NODE_ADDR, PORT)).expect("connect agent");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).expect("write");
-        s.write_all(body).expect("write");
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).expect("read");
-        let split = out.windows(4).position(|w| w == b"\r\n\r\n").expect("http response");
-        let status = String::from_utf8_lossy(&out[9..12]).parse().expect("status");
-        (status, out[split + 4..].to_vec())
-    })
+    p.peer
+        .run(|| common::http((NODE_ADDR, PORT).into(), method, path, body))
 }
 
 fn agent_key(fx: &Fixture) -> TrustSet {

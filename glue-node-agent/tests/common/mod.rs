@@ -234,3 +234,26 @@ impl Pair {
         self.node.exec(&["iptables", "-t", "nat", "-S"])
     }
 }
+
+/// A bare HTTP/1.1 exchange: (status, body).
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("write");
+    s.write_all(body).expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read");
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let status = String::from_utf8_lossy(&out[9..12])
+        .parse()
+        .expect("status");
+    (status, out[split + 4..].to_vec())
+}
