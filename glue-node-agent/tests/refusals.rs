@@ -31,12 +31,12 @@ impl Netfilter for Nf {
 
 struct Rs(Arc<Calls>);
 impl Resetter for Rs {
-    fn kill_sockets_to(&self, addr: Ipv4Addr) -> Result<(), ResetError> {
-        self.0.resets.lock().expect("lock").push(addr);
+    fn kill_sockets_to(&self, addrs: &[Ipv4Addr]) -> Result<(), ResetError> {
+        self.0.resets.lock().expect("lock").extend_from_slice(addrs);
         Ok(())
     }
-    fn forget_flows_to(&self, _: Ipv4Addr) -> Result<(), ResetError> {
-        Ok(())
+    fn forget_flows_to(&self, _: &[Ipv4Addr]) -> Vec<ResetError> {
+        Vec::new()
     }
 }
 
