@@ -100,6 +100,19 @@ fn commands_over_http_are_applied_answered_signed_and_outlive_a_restart() {
     let (status, _) = http(&p, "POST", "/v1/command", &vec![b'x'; 70_000]);
     assert_eq!(status, 413);
 
+    // A firewall reload flushes the table under the running agent: it repairs
+    // it at its next check (every second in this config).
+    p.node.exec(&["iptables", "-t", "nat", "-F"]);
+    p.node.exec(&["iptables", "-t", "nat", "-X"]);
+    let flushed = Instant::now();
+    while !p.nat().contains("SWARM-GLUE") {
+        assert!(
+            flushed.elapsed() < Duration::from_secs(10),
+            "the running agent did not repair a flushed nat table"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     stop(agent);
     assert!(
         p.nat().contains("SWARM-GLUE"),
