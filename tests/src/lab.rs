@@ -271,14 +271,25 @@ impl Lab {
                 ..UpTimings::default()
             },
         };
-        // From here on a failure tears down what was made (unless kept).
-        let boot_started = Instant::now();
-        lab.create_nodes(spec, &image)?;
-        lab.timings.boot = boot_started.elapsed();
-        if spec.swarm {
-            let swarm_started = Instant::now();
-            crate::swarm::form(&lab)?;
-            lab.timings.swarm = swarm_started.elapsed();
+        let made = (|| {
+            let boot_started = Instant::now();
+            lab.create_nodes(spec, &image)?;
+            lab.timings.boot = boot_started.elapsed();
+            if spec.swarm {
+                let swarm_started = Instant::now();
+                crate::swarm::form(&lab)?;
+                lab.timings.swarm = swarm_started.elapsed();
+            }
+            Ok(())
+        })();
+        if let Err(e) = made {
+            // A lab that did not come up is removed, also one meant to be kept.
+            if let Err(errors) = lab.down() {
+                for t in errors {
+                    eprintln!("lab: teardown after a failed start: {t}");
+                }
+            }
+            return Err(e);
         }
         lab.timings.total = started.elapsed();
         Ok(lab)
