@@ -255,7 +255,6 @@ impl Lab {
         for err in clean_stale_labs(&docker) {
             eprintln!("lab: while removing a stale lab: {err}");
         }
-        let image = image::ensure_node_image(&docker, false)?;
         let name = format!(
             "sg{:06x}",
             Rng::new(Rng::fresh_seed()).next_u64() & 0xff_ffff
@@ -266,11 +265,14 @@ impl Lab {
             nodes: Vec::new(),
             keep: spec.keep,
             torn_down: false,
-            timings: UpTimings {
-                image_build: image.built_in,
-                ..UpTimings::default()
-            },
+            timings: UpTimings::default(),
         };
+        // Cheap checks before the (possibly minute-long) image build.
+        if let Some(subnet) = spec.subnet {
+            lab.check_subnet_free(subnet)?;
+        }
+        let image = image::ensure_node_image(&lab.docker, false)?;
+        lab.timings.image_build = image.built_in;
         let made = (|| {
             let boot_started = Instant::now();
             lab.create_nodes(spec, &image)?;
