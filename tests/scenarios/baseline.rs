@@ -192,8 +192,21 @@ fn managers_moved_without_swarm_glue_have_no_leader_for_90s_and_moving_back_rest
     bench("lab.control_recovery_s", back.elapsed().as_secs_f64(), "s");
     println!("after moving home: {health}");
     let after = swarm::fingerprint_any(&lab).expect("fingerprint after");
+    // Nodes, labels, services, configs and secrets must be exactly the same.
+    // Tasks must run where they ran; after two minutes without a leader Docker
+    // itself sometimes replaces a task in place (new ID, same node and slot),
+    // which is why swarm-glue must bring quorum back in seconds.
     let diff = before.diff(&after);
-    assert!(diff.is_empty(), "the swarm changed: {diff:#?}");
+    let lost: Vec<&String> = diff.iter().filter(|d| !d.starts_with("task ")).collect();
+    assert!(lost.is_empty(), "the swarm changed: {lost:#?}");
+    assert_eq!(
+        before.placement(),
+        after.placement(),
+        "tasks moved or stopped: {diff:#?}"
+    );
+    let replaced = diff.len() / 2;
+    println!("tasks replaced in place by Docker after the outage: {replaced}");
+    bench("lab.control_tasks_replaced", replaced as f64, "");
     tear_down(lab);
 }
 

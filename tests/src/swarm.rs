@@ -503,6 +503,14 @@ impl Fingerprint {
         out
     }
 
+    /// Where the tasks run, without their IDs: (service, node, slot) → state.
+    pub fn placement(&self) -> BTreeMap<(String, String, u64), String> {
+        self.tasks
+            .values()
+            .map(|t| ((t.service.clone(), t.node.clone(), t.slot), t.state.clone()))
+            .collect()
+    }
+
     pub fn summary(&self) -> String {
         let managers = self.nodes.values().filter(|n| n.role == "manager").count();
         format!(
