@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use crate::netfilter::{self, Netfilter};
 use crate::protocol::{
     open_command, AgentStatus, CommandBody, CommandContext, Outcome, PublicKey, Refusal,
-    RefusalCode, Reply, Rewrite, SigningKey, TrustSet, VERSION,
+    RefusalCode, Reply, SigningKey, TrustSet, VERSION,
 };
 use crate::reset::{self, Resetter};
 use crate::rules::Ports;
@@ -31,6 +31,8 @@ pub struct Agent {
     ports: Ports,
     store: StateStore,
     state: Mutex<AgentState>,
+    /// One application to the kernel at a time, always of the newest desired state.
+    applying: Mutex<()>,
     nf: Box<dyn Netfilter>,
     resetter: Box<dyn Resetter>,
 }
@@ -71,6 +73,7 @@ impl Agent {
                 ports: setup.ports,
                 store,
                 state: Mutex::new(state),
+                applying: Mutex::new(()),
                 nf,
                 resetter,
             },
@@ -188,16 +191,11 @@ impl Agent {
         let (outcome, log) = match cmd.body {
             CommandBody::Status => {
                 // The sequence is spent even for a status: a replay of it is refused too.
-                if let Err(e) = self.store.save(&next) {
-                    drop(state);
-                    return self.refuse(
-                        cmd.seq,
-                        now,
-                        Refusal::new(RefusalCode::Internal, e.to_string()),
-                    );
-                }
-                *state = next;
+                let saved = self.commit(&mut state, next);
                 drop(state);
+                if let Err(refusal) = saved {
+                    return self.refuse(cmd.seq, now, refusal);
+                }
                 (
                     Outcome::Status {
                         status: self.status(),
@@ -223,22 +221,23 @@ impl Agent {
                     drop(state);
                     return self.refuse(cmd.seq, now, refusal);
                 }
-                let before: BTreeSet<Ipv4Addr> = state.rewrites.iter().map(|r| r.from).collect();
+                if rewrites != state.rewrites {
+                    // Connections to every address rewritten before or now must end.
+                    let mut pending: BTreeSet<Ipv4Addr> =
+                        state.pending_reset.iter().copied().collect();
+                    pending.extend(state.rewrites.iter().chain(&rewrites).map(|r| r.from));
+                    next.pending_reset = pending.into_iter().collect();
+                }
                 next.generation = generation;
                 next.rewrites = rewrites.clone();
                 // Desired state first: if the agent dies after this, it
                 // re-applies the set when it starts.
-                if let Err(e) = self.store.save(&next) {
-                    drop(state);
-                    return self.refuse(
-                        cmd.seq,
-                        now,
-                        Refusal::new(RefusalCode::Internal, e.to_string()),
-                    );
-                }
-                *state = next;
+                let saved = self.commit(&mut state, next);
                 drop(state);
-                match self.enforce(&rewrites, &before) {
+                if let Err(refusal) = saved {
+                    return self.refuse(cmd.seq, now, refusal);
+                }
+                match self.enforce() {
                     Ok(changed) => (
                         Outcome::Applied {
                             status: self.status(),
@@ -271,32 +270,55 @@ impl Agent {
         }
     }
 
-    /// Puts `rewrites` in force; when that changed the kernel, ends the
-    /// connections to every address rewritten before or now.
-    fn enforce(&self, rewrites: &[Rewrite], before: &BTreeSet<Ipv4Addr>) -> Result<bool, String> {
-        let changed =
-            netfilter::apply(self.nf.as_ref(), rewrites, &self.ports).map_err(|e| e.to_string())?;
+    /// Saves `next` and makes it the state; on failure nothing changes.
+    fn commit(&self, state: &mut AgentState, next: AgentState) -> Result<(), Refusal> {
+        self.store.save(&next).map_err(|e| {
+            Refusal::new(
+                RefusalCode::Internal,
+                format!("could not persist the state: {e}"),
+            )
+        })?;
+        *state = next;
+        Ok(())
+    }
+
+    /// Puts the newest desired set in force, then ends the connections still
+    /// pending a reset (and, after a repair, those to every rewritten address).
+    /// Returns whether the kernel had to change.
+    fn enforce(&self) -> Result<bool, String> {
+        let _one_at_a_time = self.applying.lock().map_err(|_| "apply lock poisoned")?;
+        let desired = self.state();
+        let changed = netfilter::apply(self.nf.as_ref(), &desired.rewrites, &self.ports)
+            .map_err(|e| e.to_string())?;
+        let mut olds: BTreeSet<Ipv4Addr> = desired.pending_reset.iter().copied().collect();
         if changed {
-            let mut olds = before.clone();
-            olds.extend(rewrites.iter().map(|r| r.from));
-            let errors = reset::reset_after_change(self.resetter.as_ref(), olds);
-            if !errors.is_empty() {
-                let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                return Err(format!(
-                    "rules are in force but stale connections remain: {}",
-                    msgs.join("; ")
-                ));
-            }
+            olds.extend(desired.rewrites.iter().map(|r| r.from));
+        }
+        if olds.is_empty() {
+            return Ok(changed);
+        }
+        let errors = reset::reset_after_change(self.resetter.as_ref(), olds.iter().copied());
+        if !errors.is_empty() {
+            let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "rules are in force but stale connections remain (retried at the next check): {}",
+                msgs.join("; ")
+            ));
+        }
+        if !desired.pending_reset.is_empty() {
+            let mut state = self.state.lock().map_err(|_| "state lock poisoned")?;
+            let mut next = state.clone();
+            next.pending_reset.retain(|a| !olds.contains(a));
+            self.commit(&mut state, next).map_err(|r| r.reason)?;
         }
         Ok(changed)
     }
 
     /// Re-applies the desired set if something (a dockerd or firewalld
-    /// restart) changed the rules. Returns whether a repair was needed.
+    /// restart) changed the rules, and retries pending resets. Returns whether
+    /// the kernel had to change.
     pub fn reassert(&self) -> Result<bool, String> {
-        let state = self.state();
-        let before: BTreeSet<Ipv4Addr> = state.rewrites.iter().map(|r| r.from).collect();
-        self.enforce(&state.rewrites, &before)
+        self.enforce()
     }
 
     pub fn state_path(&self) -> &Path {

@@ -78,7 +78,7 @@ impl Netfilter for Iptables {
     }
 }
 
-/// Records batches instead of touching the kernel (for `--dry-run` and unit tests).
+/// Records batches instead of touching the kernel (for tests without root).
 #[derive(Debug, Default)]
 pub struct Recording {
     pub state: Mutex<String>,

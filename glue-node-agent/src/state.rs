@@ -19,6 +19,10 @@ pub struct AgentState {
     pub rewrites: Vec<Rewrite>,
     /// Highest accepted sequence per issuer key (base64).
     pub last_seq: BTreeMap<String, u64>,
+    /// Old addresses whose stale connections still have to be ended: kept
+    /// until that succeeded, so a failed reset is retried, also after a restart.
+    #[serde(default)]
+    pub pending_reset: Vec<std::net::Ipv4Addr>,
 }
 
 impl AgentState {

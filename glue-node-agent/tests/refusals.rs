@@ -221,3 +221,54 @@ fn a_key_removed_from_the_trust_directory_is_refused_from_then_on() {
         handled.reply
     );
 }
+
+/// Fails its first `kill_sockets_to`, then records like `Rs`.
+struct FlakyRs(Arc<Calls>, std::sync::atomic::AtomicBool);
+impl Resetter for FlakyRs {
+    fn kill_sockets_to(&self, addrs: &[Ipv4Addr]) -> Result<(), ResetError> {
+        if !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(ResetError::Failed {
+                command: "ss -K".into(),
+                reason: "simulated failure".into(),
+            });
+        }
+        self.0.resets.lock().expect("lock").extend_from_slice(addrs);
+        Ok(())
+    }
+    fn forget_flows_to(&self, _: &[Ipv4Addr]) -> Vec<ResetError> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_failed_reset_stays_pending_and_is_retried_even_after_a_restart() {
+    let fx = Fixture::new();
+    let calls = Arc::new(Calls::default());
+    let flaky = FlakyRs(calls.clone(), std::sync::atomic::AtomicBool::new(false));
+    let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(flaky));
+    let handled = agent.handle(&fx.set(1, 1, &[(OLD, NEW)]), now());
+    assert!(
+        matches!(&handled.reply.outcome, Outcome::Refused { refusal } if refusal.code == RefusalCode::Internal),
+        "{:?}",
+        handled.reply
+    );
+    assert!(calls.resets.lock().expect("lock").is_empty());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.state_path()).expect("state")).expect("json");
+    assert_eq!(
+        state["pending_reset"],
+        serde_json::json!([OLD.to_string()]),
+        "{state}"
+    );
+    drop(agent);
+
+    // The set was persisted with the reset still owed; a restarted agent pays it.
+    let restarted = fx.agent(Box::new(Nf(calls.clone())), Box::new(Rs(calls.clone())));
+    restarted.reassert().expect("reassert");
+    assert_eq!(*calls.resets.lock().expect("lock"), vec![OLD]);
+    // Paid: no longer owed in the persisted state.
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(restarted.state_path()).expect("state"))
+            .expect("json");
+    assert_eq!(state["pending_reset"], serde_json::json!([]), "{state}");
+}
