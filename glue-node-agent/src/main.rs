@@ -10,11 +10,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use glue_node_agent::agent::{load_trust_dir, Agent, Identity, Setup};
 use glue_node_agent::config::{self, Config};
-use glue_node_agent::netfilter::Iptables;
+use glue_node_agent::netfilter::{self, Iptables};
 use glue_node_agent::protocol::SigningKey;
 use glue_node_agent::reset::Kernel;
 use glue_node_agent::server;
-use glue_node_agent::state::{write_atomic, Loaded};
+use glue_node_agent::state::{write_atomic, Loaded, StateStore};
 
 #[derive(Parser)]
 #[command(
@@ -196,37 +196,55 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     })
 }
 
+/// Reads only: creates no key, moves no file, changes no rule.
 fn status(cfg: &Config) -> anyhow::Result<()> {
-    let agent = build_agent(cfg)?;
-    let s = agent.status();
-    println!("glue-node-agent {}", s.agent_version);
-    println!(
-        "  node        {}",
-        if cfg.node_id.is_empty() {
-            "(not enrolled)"
-        } else {
-            &cfg.node_id
-        }
-    );
-    println!("  key         {}", agent.public_key());
+    println!("glue-node-agent {}", env!("CARGO_PKG_VERSION"));
+    let node = if cfg.node_id.is_empty() {
+        "(not enrolled)"
+    } else {
+        &cfg.node_id
+    };
+    println!("  node        {node}");
+    let key = match fs::read_to_string(cfg.public_key_path()) {
+        Ok(text) => text.split_whitespace().nth(1).unwrap_or("?").to_string(),
+        Err(_) => format!(
+            "none yet ({} appears at first start)",
+            cfg.public_key_path().display()
+        ),
+    };
+    println!("  key         {key}");
+    let (trusted, problems) = load_trust_dir(&cfg.trust_dir);
     println!(
         "  trusted     {} manager keys in {}",
-        s.trusted_keys,
+        trusted.len(),
         cfg.trust_dir.display()
     );
-    println!("  generation  {}", s.generation);
+    for p in problems {
+        println!("  trust       problem: {p}");
+    }
+    let state = StateStore::new(cfg.state_path())
+        .peek()
+        .map_err(anyhow::Error::msg)?;
+    println!("  generation  {}", state.generation);
+    let in_force = netfilter::in_force(&Iptables::new()?, &state.rewrites, &cfg.ports())?;
     println!(
         "  in force    {}",
-        if s.in_force {
+        if in_force {
             "yes"
         } else {
-            "NO (the agent repairs this when running)"
+            "NO (the running agent repairs this)"
         }
     );
-    if s.rewrites.is_empty() {
+    if !state.pending_reset.is_empty() {
+        println!(
+            "  pending     connections to {:?} still to be reset",
+            state.pending_reset
+        );
+    }
+    if state.rewrites.is_empty() {
         println!("  rewrites    none");
     }
-    for r in &s.rewrites {
+    for r in &state.rewrites {
         println!("  rewrite     {} -> {}", r.from, r.to);
     }
     Ok(())

@@ -93,6 +93,17 @@ impl StateStore {
         }
     }
 
+    /// Reads the state without repairing anything (for `status`); absent
+    /// means empty, corrupt is an error naming the file.
+    pub fn peek(&self) -> Result<AgentState, String> {
+        match fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{} is corrupt: {e}", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
+            Err(e) => Err(format!("{}: {e}", self.path.display())),
+        }
+    }
+
     pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
         write_atomic(
             &self.path,

@@ -134,6 +134,13 @@ fn the_agent_runs_under_systemd_with_its_hardened_unit_and_its_rules_outlive_res
     let rules = || node_sh(&lab, "iptables -t nat -S");
     assert!(rules().contains(&format!("-d {old}/32")), "{}", rules());
 
+    let status = node_sh(&lab, "glue-node-agent status");
+    assert!(
+        status.contains("in force    yes")
+            && status.contains(&format!("rewrite     {old} -> {new}")),
+        "glue-node-agent status says:\n{status}"
+    );
+
     let journal = node_sh(&lab, "journalctl -u glue-node-agent --no-pager -o cat");
     assert!(
         journal.contains("listening on") && journal.contains("set from"),
