@@ -79,6 +79,13 @@ fn build_node_image(docker: &Docker, tag: &str) -> Result<()> {
             )));
         }
     }
+    // A build killed earlier (we hold the lock: none is running) left its
+    // work directories behind, a few hundred MB each.
+    let _ = host(&[
+        "sh",
+        "-c",
+        "rm -rf --one-file-system /var/tmp/lab-image.* /var/tmp/lab-rootfs.*",
+    ]);
     let work = TempDir::new("lab-image")?;
     let recipe = work.path().join("node-rootfs.sh");
     std::fs::write(&recipe, NODE_RECIPE)
