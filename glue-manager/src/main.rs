@@ -1,8 +1,98 @@
-//! glue-manager: the swarm-glue daemon for Docker Swarm managers.
-//!
-//! The daemon is built by issue #4; until then the binary only reports its
-//! version so the workspace, packaging and lab have a real artefact to carry.
+//! glue-manager: keeps a Docker Swarm alive when its hosts move to another network.
 
-fn main() {
-    println!("glue-manager {}", env!("CARGO_PKG_VERSION"));
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use glue_manager::config::{self, Config};
+use glue_manager::daemon::Daemon;
+use glue_manager::memory::MemoryStore;
+use glue_manager::status::{self, StatusReport};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps a Docker Swarm alive when its hosts move to another network",
+    after_help = config::OPTIONS_HELP
+)]
+struct Cli {
+    /// Configuration file (every option has a default).
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the manager (the default; what the systemd unit starts).
+    Run,
+    /// Print the swarm as remembered, each node's SSH and agent state, what is
+    /// pending and the last errors. Reads only.
+    Status {
+        /// The daemon's report as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let explicit = cli.config.as_os_str() != config::DEFAULT_PATH;
+    let result = Config::load(&cli.config, explicit)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| match cli.command.unwrap_or(Cmd::Run) {
+            Cmd::Run => run(cfg),
+            Cmd::Status { json } => show_status(&cfg, json),
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("glue-manager: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    glue_node_agent::logging::init();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "glue-manager starting (state in {})",
+        cfg.state_dir.display()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async { Daemon::new(cfg)?.run().await })
+}
+
+fn show_status(cfg: &Config, json: bool) -> anyhow::Result<()> {
+    let report: Option<StatusReport> = match std::fs::read(cfg.status_path()) {
+        Ok(b) => Some(
+            serde_json::from_slice(&b)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.status_path().display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => anyhow::bail!("{}: {e}", cfg.status_path().display()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let memory = MemoryStore::new(cfg.memory_path()).peek()?;
+    let running = report.as_ref().is_some_and(|r| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(r.pid as i32), None).is_ok()
+    });
+    print!(
+        "{}",
+        status::render(
+            memory.as_ref(),
+            report.as_ref(),
+            running,
+            glue_node_agent::server::unix_now()
+        )
+    );
+    Ok(())
 }

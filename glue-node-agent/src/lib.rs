@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod logging;
 pub mod netfilter;
 pub mod protocol;
 pub mod reset;

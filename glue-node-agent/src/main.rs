@@ -56,30 +56,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GLUE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Under systemd, journald adds the time and keeps the fields.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        if let Ok(journald) = tracing_journald::layer() {
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(journald)
-                .init();
-            return;
-        }
-    }
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .init();
-}
-
 /// Loads the agent's key, or makes one at first start (0600, never logged).
 fn load_or_create_key(cfg: &Config) -> anyhow::Result<SigningKey> {
     let path = cfg.key_path();
@@ -131,7 +107,7 @@ fn build_agent(cfg: &Config) -> anyhow::Result<Agent> {
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
-    init_logging();
+    glue_node_agent::logging::init();
     let agent = Arc::new(build_agent(&cfg)?);
     let (trusted, problems) = load_trust_dir(&cfg.trust_dir);
     for p in problems {

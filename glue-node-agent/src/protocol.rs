@@ -30,7 +30,7 @@ pub const CLOCK_SKEW_SECS: u64 = 5;
 pub const MAX_REWRITES: usize = 256;
 
 /// An Ed25519 public key (32 bytes), written in base64.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublicKey([u8; 32]);
 
 impl PublicKey {

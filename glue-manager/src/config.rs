@@ -1,0 +1,180 @@
+//! /etc/swarm-glue/manager.toml. Every option has a default; the manager runs
+//! without the file. `glue-manager --help` lists the options too.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PATH: &str = "/etc/swarm-glue/manager.toml";
+
+/// The options, as shown by `--help`.
+pub const OPTIONS_HELP: &str = "\
+Options of the configuration file (TOML; every one has a default):
+  state_dir = \"/var/lib/swarm-glue\"      keys, memory of the swarm, status
+  docker_socket = \"/var/run/docker.sock\"
+  agent_port = 7950                       where agents listen on every node
+  agent_dir = \"/usr/lib/swarm-glue/agents\" holds <arch>/glue-node-agent (amd64, arm64, armhf)
+  key_job_image = \"swarm-glue:<version>\"  image of the job that adds the SSH key on a node
+                                          (needs /bin/sh; must be present on every node)
+  ssh = \"ssh\"                             the OpenSSH client
+  ssh_port = 22
+  ssh_connect_timeout_s = 5
+  tick_interval_s = 60                    safety-net reconcile when no event arrives
+  agent_check_interval_s = 300            how often a confirmed agent is asked again
+  retry_min_s = 5                         first retry after a node failed ...
+  retry_max_s = 300                       ... doubling up to this
+  lock_lease_s = 120                      a swarm lock not renewed expires after this
+  key_job_timeout_s = 120                 a key job not done by then is removed
+";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub docker_socket: PathBuf,
+    pub agent_port: u16,
+    pub agent_dir: PathBuf,
+    pub key_job_image: String,
+    pub ssh: PathBuf,
+    pub ssh_port: u16,
+    pub ssh_connect_timeout_s: u64,
+    pub tick_interval_s: u64,
+    pub agent_check_interval_s: u64,
+    pub retry_min_s: u64,
+    pub retry_max_s: u64,
+    pub lock_lease_s: u64,
+    pub key_job_timeout_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/swarm-glue"),
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+            agent_port: glue_node_agent::config::DEFAULT_PORT,
+            agent_dir: PathBuf::from("/usr/lib/swarm-glue/agents"),
+            key_job_image: format!("swarm-glue:{}", env!("CARGO_PKG_VERSION")),
+            ssh: PathBuf::from("ssh"),
+            ssh_port: 22,
+            ssh_connect_timeout_s: 5,
+            tick_interval_s: 60,
+            agent_check_interval_s: 300,
+            retry_min_s: 5,
+            retry_max_s: 300,
+            lock_lease_s: 120,
+            key_job_timeout_s: 120,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads the file; a missing file at the default path means all defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.check().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.retry_min_s == 0 || self.retry_max_s < self.retry_min_s {
+            return Err(format!(
+                "retry_min_s ({}) must be at least 1 and at most retry_max_s ({})",
+                self.retry_min_s, self.retry_max_s
+            ));
+        }
+        if self.tick_interval_s == 0 || self.lock_lease_s < 10 {
+            return Err("tick_interval_s must be at least 1 and lock_lease_s at least 10".into());
+        }
+        Ok(())
+    }
+
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.state_dir.join("signing.key")
+    }
+    pub fn ssh_key_path(&self) -> PathBuf {
+        self.state_dir.join("ssh").join("id_ed25519")
+    }
+    pub fn known_hosts_dir(&self) -> PathBuf {
+        self.state_dir.join("ssh").join("known_hosts")
+    }
+    pub fn memory_path(&self) -> PathBuf {
+        self.state_dir.join("memory.json")
+    }
+    pub fn status_path(&self) -> PathBuf {
+        self.state_dir.join("status.json")
+    }
+    pub fn seq_path(&self) -> PathBuf {
+        self.state_dir.join("seq")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_means_every_default() {
+        let c: Config = toml::from_str("").expect("empty config");
+        assert_eq!(c, Config::default());
+        assert!(c.check().is_ok());
+    }
+
+    #[test]
+    fn every_option_is_in_the_help_text() {
+        let all = toml::to_string(&Config::default()).expect("toml");
+        for line in all.lines() {
+            let key = line.split('=').next().unwrap_or("").trim();
+            assert!(
+                OPTIONS_HELP.contains(&format!("  {key} = ")),
+                "option {key} is missing from --help"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_option_is_an_error_that_names_it() {
+        let err = toml::from_str::<Config>("agent_prot = 1").expect_err("unknown key");
+        assert!(err.to_string().contains("agent_prot"), "{err}");
+    }
+
+    #[test]
+    fn nonsense_retry_bounds_are_refused() {
+        let c = Config {
+            retry_min_s: 10,
+            retry_max_s: 5,
+            ..Config::default()
+        };
+        assert!(c.check().expect_err("refused").contains("retry_max_s"));
+    }
+}

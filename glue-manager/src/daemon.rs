@@ -1,0 +1,542 @@
+//! The service: reach Docker, remember the healthy swarm, enrol every node.
+//! It reacts to Docker's events; a slow tick is the safety net.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use glue_node_agent::server::unix_now;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::config::Config;
+use crate::docker::{DockerApi, Snapshot};
+use crate::enrol::{self, Ctx, Done, Failure, Job};
+use crate::keys::{self, Sequence};
+use crate::memory::{self, ManagerKeys, Memory, MemoryStore, NodeMemory, PinnedAgent, Role};
+use crate::ssh::Ssh;
+use crate::status::{NodeState, StatusReport};
+
+/// Nodes enrolled at the same time.
+const PARALLEL_ENROLMENTS: usize = 4;
+
+type Outcome = (String, Result<Done, Failure>);
+
+type Events = Pin<
+    Box<dyn Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> + Send>,
+>;
+
+/// Per node, what the daemon knows between enrolments.
+#[derive(Debug, Default)]
+struct Track {
+    busy: bool,
+    next_at: u64,
+    failures: u32,
+    /// The registry the agent was last confirmed against.
+    confirmed_for: Option<BTreeMap<String, ManagerKeys>>,
+}
+
+pub struct Daemon {
+    cfg: Config,
+    store: MemoryStore,
+    memory: Memory,
+    report: StatusReport,
+    written_report: Option<StatusReport>,
+    signing: glue_node_agent::protocol::SigningKey,
+    seq: Option<Sequence>,
+    ssh: Ssh,
+    ssh_pub: String,
+    docker: Option<DockerApi>,
+    ctx: Option<Arc<Ctx>>,
+    events: Option<Events>,
+    tracks: BTreeMap<String, Track>,
+    pins: BTreeMap<String, PinnedAgent>,
+    results: (mpsc::Sender<Outcome>, mpsc::Receiver<Outcome>),
+    slots: Arc<Semaphore>,
+    ready: bool,
+    registered: bool,
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(false, state);
+}
+
+impl Daemon {
+    pub fn new(cfg: Config) -> anyhow::Result<Daemon> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", cfg.state_dir.display()))?;
+        let (signing, made) = keys::signing_key(&cfg.signing_key_path())?;
+        if made {
+            tracing::info!(key = %signing.public().short(), "made this manager's signing key");
+        }
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (ssh_pub, made) = keys::ssh_key(
+            &cfg.ssh_key_path(),
+            &format!("swarm-glue manager on {host}"),
+        )?;
+        if made {
+            tracing::info!(
+                "made this manager's SSH key ({})",
+                cfg.ssh_key_path().display()
+            );
+        }
+        let seq = Sequence::open(&cfg.seq_path())?;
+        let store = MemoryStore::new(cfg.memory_path());
+        let mut report = StatusReport {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            state: "starting".into(),
+            ..StatusReport::default()
+        };
+        let memory = match store.load() {
+            Ok((m, memory::Loaded::CorruptMovedTo(aside, why))) => {
+                let msg = format!(
+                    "the memory file {} was corrupt ({why}); moved to {} and rebuilt from the live swarm",
+                    store.path().display(),
+                    aside.display()
+                );
+                tracing::error!("{msg}");
+                report.push_error(unix_now(), msg);
+                m
+            }
+            Ok((m, _)) => m,
+            Err(e) => return Err(e.into()),
+        };
+        let pins = memory
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| n.agent.clone().map(|a| (id.clone(), a)))
+            .collect();
+        let ssh = Ssh {
+            binary: cfg.ssh.clone(),
+            key: cfg.ssh_key_path(),
+            known_hosts_dir: cfg.known_hosts_dir(),
+            port: cfg.ssh_port,
+            connect_timeout_s: cfg.ssh_connect_timeout_s,
+        };
+        Ok(Daemon {
+            store,
+            memory,
+            report,
+            written_report: None,
+            signing,
+            seq: Some(seq),
+            ssh,
+            ssh_pub,
+            docker: None,
+            ctx: None,
+            events: None,
+            tracks: BTreeMap::new(),
+            pins,
+            results: mpsc::channel(64),
+            slots: Arc::new(Semaphore::new(PARALLEL_ENROLMENTS)),
+            ready: false,
+            registered: false,
+            cfg,
+        })
+    }
+
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut watchdog = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.tick_interval_s));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.set_state("waiting for Docker".into());
+        loop {
+            let due = self.next_due();
+            let mut look = false;
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = watchdog.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
+                _ = tick.tick() => look = true,
+                _ = tokio::time::sleep(due) => look = true,
+                ev = next_event(&mut self.events) => match ev {
+                    Some(Ok(_)) => look = true,
+                    Some(Err(e)) => self.lost_docker(format!("event stream: {e}")),
+                    None => self.lost_docker("event stream ended (dockerd restarted?)".into()),
+                },
+                Some((node, result)) = self.results.1.recv() => {
+                    self.finished(node, result);
+                    look = true;
+                }
+            }
+            if look {
+                self.look().await;
+            }
+            self.write_report();
+        }
+        notify(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!("stopping; agents keep what they have in force");
+        Ok(())
+    }
+
+    /// How long until something is due: Docker to retry, a node to enrol.
+    fn next_due(&self) -> Duration {
+        if self.docker.is_none() {
+            return Duration::from_secs(2);
+        }
+        let now = unix_now();
+        let next = self
+            .tracks
+            .values()
+            .filter(|t| !t.busy)
+            .map(|t| t.next_at)
+            .min()
+            .unwrap_or(u64::MAX);
+        Duration::from_secs(next.saturating_sub(now).clamp(1, self.cfg.tick_interval_s))
+    }
+
+    fn set_state(&mut self, state: String) {
+        if self.report.state != state {
+            tracing::info!("{state}");
+            notify(&[sd_notify::NotifyState::Status(&state)]);
+            self.report.state = state;
+        }
+    }
+
+    fn error(&mut self, message: String) {
+        tracing::error!("{message}");
+        self.report.push_error(unix_now(), message);
+    }
+
+    fn lost_docker(&mut self, why: String) {
+        if self.docker.take().is_some() {
+            self.error(format!("lost Docker: {why}"));
+        }
+        self.events = None;
+        self.ctx = None;
+        self.registered = false;
+    }
+
+    async fn connect(&mut self) -> bool {
+        match DockerApi::connect(&self.cfg.docker_socket).await {
+            Ok(d) => {
+                self.report.docker = format!("connected to {}, API {}", d.socket(), d.api_version);
+                tracing::info!("{}", self.report.docker);
+                self.events = Some(Box::pin(d.events()));
+                self.docker = Some(d);
+                if !self.ready {
+                    notify(&[sd_notify::NotifyState::Ready]);
+                    self.ready = true;
+                }
+                true
+            }
+            Err(e) => {
+                let line = format!("waiting for Docker: {e}");
+                self.report.docker = e.to_string();
+                self.set_state(line);
+                false
+            }
+        }
+    }
+
+    /// Observes the swarm and starts what is due.
+    async fn look(&mut self) {
+        if self.docker.is_none() && !self.connect().await {
+            return;
+        }
+        let Some(docker) = self.docker.clone() else {
+            return;
+        };
+        let snap = match docker.snapshot().await {
+            Ok(s) => s,
+            Err(e) => return self.lost_docker(e.to_string()),
+        };
+        if snap.local_state != "active" {
+            return self.set_state(format!(
+                "this node is not part of a swarm (state {:?}); waiting",
+                snap.local_state
+            ));
+        }
+        if !snap.control_available {
+            let why = if snap.error.is_empty() {
+                "this node is not a manager; glue-manager belongs on managers".to_string()
+            } else {
+                format!(
+                    "the swarm does not answer ({}); keeping the memory of {} nodes",
+                    snap.error,
+                    self.memory.nodes.len()
+                )
+            };
+            return self.set_state(why);
+        }
+        if let Err(e) = self.observe_healthy(&docker, &snap).await {
+            self.error(e);
+        }
+    }
+
+    async fn observe_healthy(&mut self, docker: &DockerApi, snap: &Snapshot) -> Result<(), String> {
+        let mine = ManagerKeys {
+            signing_key: self.signing.public(),
+            ssh_key: self.ssh_pub.clone(),
+        };
+        if !self.registered {
+            if docker
+                .register(&snap.node_id, &mine)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                tracing::info!(key = %mine.signing_key.short(), "registered this manager's keys in the swarm");
+            }
+            self.registered = true;
+            for job in docker
+                .my_key_jobs(&snap.node_id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                tracing::info!(job = %job, "removing a key job left by an earlier run");
+                docker
+                    .remove_service(&job)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let managers: BTreeSet<&str> = snap
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Manager)
+            .map(|n| n.id.as_str())
+            .collect();
+        let mut registry = docker.registry().await.map_err(|e| e.to_string())?;
+        // Only managers' keys are trusted; a demoted node's entry is ignored.
+        registry.retain(|id, _| managers.contains(id.as_str()));
+        if registry.get(&snap.node_id) != Some(&mine) {
+            // Our entry vanished or is stale: publish it again next time.
+            self.registered = false;
+        }
+        self.remember(snap, &registry);
+        if self.ctx.is_none() {
+            self.ctx = Some(Arc::new(self.make_ctx(docker.clone(), &snap.node_id)?));
+        }
+        self.report.managers = registry.keys().cloned().collect();
+        self.start_due(snap, &registry);
+        let confirmed = self
+            .report
+            .nodes
+            .values()
+            .filter(|n| n.state == NodeState::Confirmed)
+            .count();
+        self.set_state(format!(
+            "swarm healthy: {} nodes, {} agents confirmed, {} managers registered",
+            snap.nodes.len(),
+            confirmed,
+            registry.len()
+        ));
+        Ok(())
+    }
+
+    fn make_ctx(&mut self, docker: DockerApi, manager_id: &str) -> Result<Ctx, String> {
+        let seq = match self.seq.take() {
+            Some(s) => s,
+            None => Sequence::open(&self.cfg.seq_path()).map_err(|e| e.to_string())?,
+        };
+        Ok(Ctx {
+            manager_id: manager_id.to_string(),
+            signing: glue_node_agent::protocol::SigningKey::from_pkcs8(self.signing.pkcs8())
+                .map_err(|e| e.to_string())?,
+            seq,
+            ssh: self.ssh.clone(),
+            docker,
+            agent_port: self.cfg.agent_port,
+            agent_dir: self.cfg.agent_dir.clone(),
+            key_job_image: self.cfg.key_job_image.clone(),
+            key_job_timeout: Duration::from_secs(self.cfg.key_job_timeout_s),
+            lock_lease: Duration::from_secs(self.cfg.lock_lease_s),
+        })
+    }
+
+    /// Persists what the healthy swarm looks like, if anything changed.
+    fn remember(&mut self, snap: &Snapshot, registry: &BTreeMap<String, ManagerKeys>) {
+        let mut next = Memory {
+            format: memory::FORMAT,
+            cluster_id: snap.cluster_id.clone(),
+            node_id: snap.node_id.clone(),
+            root_ca_pem: snap.root_ca_pem.clone(),
+            nodes: BTreeMap::new(),
+            managers: registry.clone(),
+            changed_at: unix_now(),
+        };
+        for n in &snap.nodes {
+            next.nodes.insert(
+                n.id.clone(),
+                NodeMemory {
+                    hostname: n.hostname.clone(),
+                    role: n.role,
+                    availability: n.availability.clone(),
+                    addr: n.addr.clone(),
+                    manager_addr: n.manager_addr.clone(),
+                    arch: n.arch.clone(),
+                    agent: self.pins.get(&n.id).cloned(),
+                },
+            );
+        }
+        if next.same_as(&self.memory) {
+            return;
+        }
+        match self.store.save(&next) {
+            Ok(()) => {
+                if self.memory.cluster_id.is_empty() {
+                    tracing::info!(
+                        cluster = %next.cluster_id,
+                        "remembering the swarm: {} nodes, {} managers registered ({})",
+                        next.nodes.len(),
+                        next.managers.len(),
+                        self.store.path().display()
+                    );
+                }
+                self.memory = next;
+            }
+            Err(e) => self.error(format!("cannot save the memory of the swarm: {e}")),
+        }
+    }
+
+    fn start_due(&mut self, snap: &Snapshot, registry: &BTreeMap<String, ManagerKeys>) {
+        let now = unix_now();
+        let present: BTreeSet<&str> = snap.nodes.iter().map(|n| n.id.as_str()).collect();
+        self.tracks.retain(|id, _| present.contains(id.as_str()));
+        self.report
+            .nodes
+            .retain(|id, _| present.contains(id.as_str()));
+        let Some(ctx) = self.ctx.clone() else { return };
+        for n in &snap.nodes {
+            let track = self.tracks.entry(n.id.clone()).or_default();
+            let report = self.report.nodes.entry(n.id.clone()).or_default();
+            report.hostname = n.hostname.clone();
+            report.role = Some(n.role);
+            report.addr = n.addr.clone();
+            let registry_changed = track.confirmed_for.as_ref().is_some_and(|r| r != registry);
+            if track.busy || (track.next_at > now && !registry_changed) {
+                continue;
+            }
+            let Some(addr) = enrol::reach_addr(&n.addr, n.manager_addr.as_deref()) else {
+                report.state = NodeState::Unreachable;
+                report.last_error = Some(format!(
+                    "the swarm reports no usable address ({:?})",
+                    n.addr
+                ));
+                continue;
+            };
+            if n.state == "down" {
+                report.state = NodeState::Unreachable;
+                report.last_error = Some("the swarm reports the node down".into());
+                track.next_at = now + self.cfg.retry_min_s;
+                continue;
+            }
+            let job = Job {
+                node_id: n.id.clone(),
+                hostname: n.hostname.clone(),
+                addr,
+                cluster_id: snap.cluster_id.clone(),
+                registry: registry.clone(),
+                pinned: self.pins.get(&n.id).cloned(),
+                quick: track.confirmed_for.is_some() && !registry_changed,
+            };
+            track.busy = true;
+            track.confirmed_for = None;
+            if report.state != NodeState::Confirmed {
+                report.state = NodeState::Working;
+            }
+            let ctx = ctx.clone();
+            let slots = self.slots.clone();
+            let tx = self.results.0.clone();
+            let id = n.id.clone();
+            tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                let result = enrol::enrol(ctx, job).await;
+                let _ = tx.send((id, result)).await;
+            });
+        }
+    }
+
+    fn finished(&mut self, node: String, result: Result<Done, Failure>) {
+        let now = unix_now();
+        let registry = self.memory.managers.clone();
+        let Some(track) = self.tracks.get_mut(&node) else {
+            return;
+        };
+        track.busy = false;
+        let report = self.report.nodes.entry(node.clone()).or_default();
+        let name = format!("{} ({})", report.hostname, crate::docker::short(&node));
+        match result {
+            Ok(done) => {
+                if !done.changed.is_empty() || report.state != NodeState::Confirmed {
+                    tracing::info!(
+                        node = %node,
+                        agent_key = %done.agent.key.short(),
+                        "node {name}: {}agent confirmed, trusts {} manager keys",
+                        if done.changed.is_empty() { String::new() } else { format!("{}; ", done.changed.join("; ")) },
+                        done.trusted_keys
+                    );
+                }
+                track.failures = 0;
+                track.next_at = now + self.cfg.agent_check_interval_s;
+                track.confirmed_for = Some(registry);
+                report.state = NodeState::Confirmed;
+                report.ssh_ok = true;
+                report.agent_version = done.agent.version.clone();
+                report.agent_key = done.agent.key.short();
+                report.trusted_keys = Some(done.trusted_keys);
+                report.confirmed_at = Some(now);
+                report.last_error = None;
+                report.next_try_at = None;
+                if self.pins.get(&node) != Some(&done.agent) {
+                    self.pins.insert(node.clone(), done.agent.clone());
+                    if let Some(n) = self.memory.nodes.get_mut(&node) {
+                        n.agent = Some(done.agent);
+                        self.memory.changed_at = now;
+                        if let Err(e) = self.store.save(&self.memory) {
+                            let msg = format!("cannot save the memory of the swarm: {e}");
+                            self.error(msg);
+                        }
+                    }
+                }
+            }
+            Err(f) => {
+                track.failures += 1;
+                let backoff = if f.needs_human {
+                    self.cfg.retry_max_s
+                } else {
+                    (self.cfg.retry_min_s << (track.failures - 1).min(16)).min(self.cfg.retry_max_s)
+                };
+                track.next_at = now + backoff;
+                report.state = f.state;
+                report.ssh_ok = f.ssh_ok;
+                report.next_try_at = Some(track.next_at);
+                let repeated = report.last_error.as_ref() == Some(&f.message);
+                report.last_error = Some(f.message.clone());
+                let msg = format!("node {name}: {}", f.message);
+                if f.state == NodeState::KeyJob && !f.needs_human {
+                    // Waiting for another manager's job is normal.
+                    tracing::info!("{msg}; retrying in {backoff}s");
+                } else if !repeated {
+                    self.error(msg);
+                }
+            }
+        }
+    }
+
+    fn write_report(&mut self) {
+        if self.written_report.as_ref() == Some(&self.report) {
+            return;
+        }
+        self.report.updated_at = unix_now();
+        let bytes = serde_json::to_vec_pretty(&self.report).unwrap_or_default();
+        if let Err(e) = glue_node_agent::state::write_atomic(&self.cfg.status_path(), &bytes) {
+            tracing::warn!("cannot write {}: {e}", self.cfg.status_path().display());
+        }
+        self.written_report = Some(self.report.clone());
+    }
+}
+
+async fn next_event(
+    events: &mut Option<Events>,
+) -> Option<Result<bollard::models::EventMessage, bollard::errors::Error>> {
+    match events {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,595 @@
+//! Docker, through bollard over the local socket: what the swarm looks like,
+//! the registry of glue-managers, the swarm lock and the SSH key job.
+//!
+//! Docker configs would be the natural home of the registry and the lock, but
+//! bollard has no configs API; secrets are raft objects too, their creation is
+//! atomic by name, and their labels can be read by every manager. Their data
+//! is a constant: nothing secret is stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::models::{
+    Mount, MountTypeEnum, SecretSpec, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicatedJob,
+    TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum,
+};
+use bollard::query_parameters::{
+    EventsOptions, ListNodesOptions, ListSecretsOptions, ListServicesOptions, ListTasksOptions,
+};
+use bollard::Docker;
+use futures_util::Stream;
+use glue_node_agent::protocol::PublicKey;
+
+use crate::memory::{ManagerKeys, Role};
+
+pub const LABEL_KIND: &str = "io.swarm-glue.kind";
+pub const LABEL_NODE: &str = "io.swarm-glue.node";
+pub const LABEL_ISSUER: &str = "io.swarm-glue.issuer";
+const LABEL_SIGNING: &str = "io.swarm-glue.signing-key";
+const LABEL_SSH: &str = "io.swarm-glue.ssh-key";
+const LABEL_HOLDER: &str = "io.swarm-glue.holder";
+const LABEL_EXPIRES: &str = "io.swarm-glue.expires";
+pub const REGISTRY_PREFIX: &str = "swarm-glue-manager-";
+pub const LOCK_PREFIX: &str = "swarm-glue-lock-";
+pub const JOB_PREFIX: &str = "swarm-glue-sshkey-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("Docker at {socket}: {message}")]
+    Unreachable { socket: String, message: String },
+    #[error("Docker: {what}: {message}")]
+    Call { what: String, message: String },
+}
+
+fn call(what: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    let what = what.into();
+    move |e| DockerError::Call {
+        what,
+        message: e.to_string(),
+    }
+}
+
+fn status_code(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// One node as the swarm's managers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: String,
+    pub hostname: String,
+    pub role: Role,
+    pub availability: String,
+    pub state: String,
+    pub addr: String,
+    pub manager_addr: Option<String>,
+    pub leader: bool,
+    pub arch: String,
+}
+
+/// What this Docker daemon says about the swarm it is part of.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub api_version: String,
+    pub node_id: String,
+    pub local_state: String,
+    pub cluster_id: String,
+    /// This node is a manager and the swarm answers (it has a leader).
+    pub control_available: bool,
+    pub error: String,
+    pub nodes: Vec<NodeView>,
+    pub root_ca_pem: String,
+}
+
+#[derive(Clone)]
+pub struct DockerApi {
+    docker: Docker,
+    socket: String,
+    pub api_version: String,
+}
+
+impl DockerApi {
+    /// Connects and negotiates the API version (docker.io 20.10 speaks 1.41).
+    pub async fn connect(socket: &Path) -> Result<DockerApi, DockerError> {
+        let socket = socket.display().to_string();
+        let unreachable = |message: String| DockerError::Unreachable {
+            socket: socket.clone(),
+            message,
+        };
+        let docker = Docker::connect_with_unix(&socket, 30, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| unreachable(e.to_string()))?
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let api_version = docker.client_version().to_string();
+        Ok(DockerApi {
+            docker,
+            socket,
+            api_version,
+        })
+    }
+
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, DockerError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| DockerError::Unreachable {
+                socket: self.socket.clone(),
+                message: e.to_string(),
+            })?;
+        let swarm = info.swarm.unwrap_or_default();
+        let mut snap = Snapshot {
+            api_version: self.api_version.clone(),
+            node_id: swarm.node_id.unwrap_or_default(),
+            local_state: swarm
+                .local_node_state
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            cluster_id: swarm.cluster.and_then(|c| c.id).unwrap_or_default(),
+            control_available: swarm.control_available.unwrap_or(false),
+            error: swarm.error.unwrap_or_default(),
+            nodes: Vec::new(),
+            root_ca_pem: String::new(),
+        };
+        if !snap.control_available {
+            return Ok(snap);
+        }
+        // A manager whose swarm has no leader still says control_available;
+        // these calls then fail and the snapshot says so.
+        match self.docker.list_nodes(None::<ListNodesOptions>).await {
+            Ok(nodes) => snap.nodes = nodes.into_iter().filter_map(node_view).collect(),
+            Err(e) => {
+                snap.control_available = false;
+                snap.error = format!("listing nodes: {e}");
+                return Ok(snap);
+            }
+        }
+        let swarm = self
+            .docker
+            .inspect_swarm()
+            .await
+            .map_err(call("inspecting the swarm"))?;
+        snap.root_ca_pem = swarm
+            .tls_info
+            .and_then(|t| t.trust_root)
+            .unwrap_or_default();
+        if snap.cluster_id.is_empty() {
+            snap.cluster_id = swarm.id.unwrap_or_default();
+        }
+        Ok(snap)
+    }
+
+    /// Docker's events about nodes and secrets (the registry): each one is a
+    /// reason to look again.
+    pub fn events(
+        &self,
+    ) -> impl Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "type".to_string(),
+            vec!["node".to_string(), "secret".to_string()],
+        );
+        self.docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+    }
+
+    async fn secrets_named(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<bollard::models::Secret>, DockerError> {
+        let mut filters = HashMap::new();
+        filters.insert("name".to_string(), vec![prefix.to_string()]);
+        let all = self
+            .docker
+            .list_secrets(Some(ListSecretsOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(call(format!("listing secrets {prefix}*")))?;
+        // The name filter matches prefixes; keep only ours.
+        Ok(all
+            .into_iter()
+            .filter(|s| {
+                s.spec
+                    .as_ref()
+                    .and_then(|sp| sp.name.as_deref())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .collect())
+    }
+
+    /// Every registered glue-manager's public keys, by node ID.
+    pub async fn registry(&self) -> Result<BTreeMap<String, ManagerKeys>, DockerError> {
+        let mut out = BTreeMap::new();
+        for s in self.secrets_named(REGISTRY_PREFIX).await? {
+            let labels = s.spec.and_then(|sp| sp.labels).unwrap_or_default();
+            let (Some(node), Some(signing), Some(ssh)) = (
+                labels.get(LABEL_NODE),
+                labels
+                    .get(LABEL_SIGNING)
+                    .and_then(|k| PublicKey::from_base64(k)),
+                labels.get(LABEL_SSH),
+            ) else {
+                continue;
+            };
+            out.insert(
+                node.clone(),
+                ManagerKeys {
+                    signing_key: signing,
+                    ssh_key: ssh.clone(),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Publishes this manager's public keys; replaces an entry that differs.
+    pub async fn register(&self, node_id: &str, keys: &ManagerKeys) -> Result<bool, DockerError> {
+        let name = format!("{REGISTRY_PREFIX}{node_id}");
+        let labels = HashMap::from([
+            (LABEL_KIND.to_string(), "manager-keys".to_string()),
+            (LABEL_NODE.to_string(), node_id.to_string()),
+            (LABEL_SIGNING.to_string(), keys.signing_key.to_base64()),
+            (LABEL_SSH.to_string(), keys.ssh_key.clone()),
+        ]);
+        for s in self.secrets_named(&name).await? {
+            let spec = s.spec.clone().unwrap_or_default();
+            if spec.name.as_deref() != Some(name.as_str()) {
+                continue;
+            }
+            if spec.labels.as_ref() == Some(&labels) {
+                return Ok(false);
+            }
+            if let Some(id) = s.id {
+                self.docker
+                    .delete_secret(&id)
+                    .await
+                    .map_err(call(format!("replacing secret {name}")))?;
+            }
+        }
+        self.create_secret(&name, labels).await.map(|_| true)
+    }
+
+    async fn create_secret(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Option<String>, DockerError> {
+        let spec = SecretSpec {
+            name: Some(name.to_string()),
+            labels: Some(labels),
+            // base64 of "swarm-glue": the data carries nothing.
+            data: Some("c3dhcm0tZ2x1ZQ==".to_string()),
+            ..Default::default()
+        };
+        match self.docker.create_secret(spec).await {
+            Ok(r) => Ok(Some(r.id)),
+            Err(e) if status_code(&e) == Some(409) => Ok(None),
+            Err(e) => Err(call(format!("creating secret {name}"))(e)),
+        }
+    }
+
+    /// Takes the swarm-wide lock `purpose` for `lease`, or says who holds it.
+    /// Creating a secret is atomic in raft: one manager wins. A holder that
+    /// died loses the lock when its lease expires.
+    pub async fn lock(
+        &self,
+        purpose: &str,
+        holder: &str,
+        lease: Duration,
+        now: u64,
+    ) -> Result<Result<Lease, String>, DockerError> {
+        let name = format!("{LOCK_PREFIX}{purpose}");
+        for _ in 0..2 {
+            let labels = HashMap::from([
+                (LABEL_KIND.to_string(), "lock".to_string()),
+                (LABEL_HOLDER.to_string(), holder.to_string()),
+                (
+                    LABEL_EXPIRES.to_string(),
+                    (now + lease.as_secs()).to_string(),
+                ),
+            ]);
+            if let Some(id) = self.create_secret(&name, labels).await? {
+                return Ok(Ok(Lease { id, name }));
+            }
+            let held = self.secrets_named(&name).await?;
+            let Some(s) = held
+                .into_iter()
+                .find(|s| s.spec.as_ref().and_then(|sp| sp.name.as_deref()) == Some(name.as_str()))
+            else {
+                continue; // released in between
+            };
+            let labels = s.spec.and_then(|sp| sp.labels).unwrap_or_default();
+            let by = labels.get(LABEL_HOLDER).cloned().unwrap_or_default();
+            let expires: u64 = labels
+                .get(LABEL_EXPIRES)
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0);
+            if expires > now {
+                return Ok(Err(format!("held by {by} until {expires}")));
+            }
+            // Expired: remove exactly that lease (by ID, so a lease someone
+            // else took meanwhile is never removed), then try again.
+            if let Some(id) = s.id {
+                let _ = self.docker.delete_secret(&id).await;
+            }
+        }
+        Ok(Err("contended".to_string()))
+    }
+
+    pub async fn unlock(&self, lease: Lease) -> Result<(), DockerError> {
+        match self.docker.delete_secret(&lease.id).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(call(format!("releasing lock {}", lease.name))(e)),
+        }
+    }
+
+    /// Starts (or finds, after a restart) the one-shot job that adds SSH keys
+    /// to root's authorized_keys on `node`.
+    pub async fn start_key_job(&self, job: &KeyJob) -> Result<(), DockerError> {
+        if self.service_exists(&job.name()).await? {
+            return Ok(());
+        }
+        match self.docker.create_service(job.spec(), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if status_code(&e) == Some(409) => Ok(()),
+            Err(e) => Err(call(format!("creating job {}", job.name()))(e)),
+        }
+    }
+
+    async fn service_exists(&self, name: &str) -> Result<bool, DockerError> {
+        Ok(self.services_named(name).await?.iter().any(|n| n == name))
+    }
+
+    async fn services_named(&self, prefix: &str) -> Result<Vec<String>, DockerError> {
+        let mut filters = HashMap::new();
+        filters.insert("name".to_string(), vec![prefix.to_string()]);
+        let services = self
+            .docker
+            .list_services(Some(ListServicesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(call(format!("listing services {prefix}*")))?;
+        Ok(services
+            .into_iter()
+            .filter_map(|s| s.spec.and_then(|sp| sp.name))
+            .filter(|n| n.starts_with(prefix))
+            .collect())
+    }
+
+    /// Key jobs this manager started (left over by a restart, for instance).
+    pub async fn my_key_jobs(&self, issuer: &str) -> Result<Vec<String>, DockerError> {
+        let suffix = format!("-{}", short(issuer));
+        Ok(self
+            .services_named(JOB_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|n| n.ends_with(&suffix))
+            .collect())
+    }
+
+    pub async fn job_state(&self, name: &str) -> Result<JobState, DockerError> {
+        let mut filters = HashMap::new();
+        filters.insert("service".to_string(), vec![name.to_string()]);
+        let tasks = self
+            .docker
+            .list_tasks(Some(ListTasksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(call(format!("listing tasks of {name}")))?;
+        let mut state = JobState::Waiting(String::from("no task yet"));
+        for t in tasks {
+            let st = t.status.unwrap_or_default();
+            let s = st.state.map(|s| s.to_string()).unwrap_or_default();
+            let err = st.err.unwrap_or_default();
+            match s.as_str() {
+                "complete" => return Ok(JobState::Done),
+                "failed" | "rejected" => {
+                    state = JobState::Failed(if err.is_empty() { s } else { err });
+                }
+                _ if !matches!(state, JobState::Failed(_)) => {
+                    state = JobState::Waiting(if err.is_empty() {
+                        s
+                    } else {
+                        format!("{s}: {err}")
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(state)
+    }
+
+    pub async fn remove_service(&self, name: &str) -> Result<(), DockerError> {
+        match self.docker.delete_service(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(call(format!("removing job {name}"))(e)),
+        }
+    }
+}
+
+pub struct Lease {
+    id: String,
+    name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    Waiting(String),
+    Done,
+    Failed(String),
+}
+
+/// First 12 characters of an ID, as Docker shows them.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// The one-shot job that puts SSH keys into root's authorized_keys on a node.
+#[derive(Debug, Clone)]
+pub struct KeyJob {
+    pub node: String,
+    pub issuer: String,
+    pub image: String,
+    /// authorized_keys lines (key and comment), one per registered manager.
+    pub keys: Vec<String>,
+}
+
+/// Appends each key line unless its key is already there. Only /bin/sh, grep
+/// and printf are needed, so a busybox image does too.
+const KEY_SCRIPT: &str = r#"set -eu
+d=/host-root/.ssh
+mkdir -p "$d"; chmod 700 "$d"
+f="$d/authorized_keys"; touch "$f"; chmod 600 "$f"
+printf '%s\n' "$GLUE_KEYS" | while IFS= read -r line; do
+  [ -n "$line" ] || continue
+  material=$(printf '%s\n' "$line" | cut -d' ' -f1,2)
+  grep -qF "$material" "$f" || printf '%s\n' "$line" >> "$f"
+done
+"#;
+
+impl KeyJob {
+    pub fn name(&self) -> String {
+        format!("{JOB_PREFIX}{}-{}", short(&self.node), short(&self.issuer))
+    }
+
+    fn spec(&self) -> ServiceSpec {
+        ServiceSpec {
+            name: Some(self.name()),
+            labels: Some(HashMap::from([
+                (LABEL_KIND.to_string(), "ssh-key-job".to_string()),
+                (LABEL_NODE.to_string(), self.node.clone()),
+                (LABEL_ISSUER.to_string(), self.issuer.clone()),
+            ])),
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some(self.image.clone()),
+                    command: Some(vec!["/bin/sh".into(), "-c".into(), KEY_SCRIPT.into()]),
+                    env: Some(vec![format!("GLUE_KEYS={}", self.keys.join("\n"))]),
+                    mounts: Some(vec![Mount {
+                        target: Some("/host-root".into()),
+                        source: Some("/root".into()),
+                        typ: Some(MountTypeEnum::BIND),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                restart_policy: Some(TaskSpecRestartPolicy {
+                    condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+                    ..Default::default()
+                }),
+                placement: Some(TaskSpecPlacement {
+                    constraints: Some(vec![format!("node.id=={}", self.node)]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            mode: Some(ServiceSpecMode {
+                replicated_job: Some(ServiceSpecModeReplicatedJob {
+                    max_concurrent: Some(1),
+                    total_completions: Some(1),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn node_view(n: bollard::models::Node) -> Option<NodeView> {
+    let spec = n.spec.unwrap_or_default();
+    let desc = n.description.unwrap_or_default();
+    let status = n.status.unwrap_or_default();
+    let ms = n.manager_status;
+    Some(NodeView {
+        id: n.id?,
+        hostname: desc.hostname.unwrap_or_default(),
+        role: match spec.role.map(|r| r.to_string()).as_deref() {
+            Some("manager") => Role::Manager,
+            _ => Role::Worker,
+        },
+        availability: spec.availability.map(|a| a.to_string()).unwrap_or_default(),
+        state: status.state.map(|s| s.to_string()).unwrap_or_default(),
+        addr: status.addr.unwrap_or_default(),
+        manager_addr: ms.as_ref().and_then(|m| m.addr.clone()),
+        leader: ms.and_then(|m| m.leader).unwrap_or(false),
+        arch: desc
+            .platform
+            .and_then(|p| p.architecture)
+            .unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_job_is_pinned_to_its_node_runs_once_and_never_restarts() {
+        let job = KeyJob {
+            node: "abcdefabcdefabcdef".into(),
+            issuer: "0123456789abcdef".into(),
+            image: "busybox".into(),
+            keys: vec!["ssh-ed25519 AAAA swarm-glue manager 0123".into()],
+        };
+        assert_eq!(job.name(), "swarm-glue-sshkey-abcdefabcdef-0123456789ab");
+        let spec = job.spec();
+        let json = serde_json::to_value(&spec).expect("json");
+        assert_eq!(json["Mode"]["ReplicatedJob"]["TotalCompletions"], 1);
+        assert_eq!(json["TaskTemplate"]["RestartPolicy"]["Condition"], "none");
+        assert_eq!(
+            json["TaskTemplate"]["Placement"]["Constraints"][0],
+            "node.id==abcdefabcdefabcdef"
+        );
+        assert_eq!(
+            json["TaskTemplate"]["ContainerSpec"]["Mounts"][0]["Source"],
+            "/root"
+        );
+    }
+
+    #[test]
+    fn the_key_script_adds_each_key_once_and_keeps_what_was_there() {
+        let root = std::env::temp_dir().join(format!("glue-keyjob-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join(".ssh")).expect("dir");
+        std::fs::write(
+            root.join(".ssh/authorized_keys"),
+            "ssh-rsa USER user@laptop\n",
+        )
+        .expect("w");
+        let script = KEY_SCRIPT.replace("/host-root", &root.display().to_string());
+        let keys =
+            "ssh-ed25519 AAAA1 swarm-glue manager m1\nssh-ed25519 AAAA2 swarm-glue manager m2";
+        for _ in 0..2 {
+            let ok = std::process::Command::new("/bin/sh")
+                .args(["-c", &script])
+                .env("GLUE_KEYS", keys)
+                .status()
+                .expect("sh");
+            assert!(ok.success());
+        }
+        let text = std::fs::read_to_string(root.join(".ssh/authorized_keys")).expect("read");
+        assert_eq!(
+            text,
+            "ssh-rsa USER user@laptop\nssh-ed25519 AAAA1 swarm-glue manager m1\nssh-ed25519 AAAA2 swarm-glue manager m2\n"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -1,0 +1,369 @@
+//! Enrolling one node: SSH with this manager's key (through a key job if
+//! needed), the agent installed and configured, then confirmed by a signed
+//! status reply. Every step checks the node first, so running it again, or
+//! after a crash half-way, ends in the same state.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glue_node_agent::protocol::{CommandBody, SigningKey};
+use glue_node_agent::server::unix_now;
+
+use crate::agent_client::{self, AgentError, Issuer};
+use crate::docker::{short, DockerApi, JobState, KeyJob};
+use crate::install::{self, Expected, Probe};
+use crate::keys::Sequence;
+use crate::memory::{ManagerKeys, PinnedAgent};
+use crate::ssh::{Ssh, SshError};
+use crate::status::NodeState;
+
+/// What every enrolment shares.
+pub struct Ctx {
+    pub manager_id: String,
+    pub signing: SigningKey,
+    pub seq: Sequence,
+    pub ssh: Ssh,
+    pub docker: DockerApi,
+    pub agent_port: u16,
+    pub agent_dir: PathBuf,
+    pub key_job_image: String,
+    pub key_job_timeout: Duration,
+    pub lock_lease: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub node_id: String,
+    pub hostname: String,
+    pub addr: IpAddr,
+    pub cluster_id: String,
+    pub registry: BTreeMap<String, ManagerKeys>,
+    pub pinned: Option<PinnedAgent>,
+    /// Only ask the pinned agent; enrol in full if that is not enough.
+    pub quick: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub agent: PinnedAgent,
+    pub trusted_keys: usize,
+    /// What had to change, for the log (empty when nothing did).
+    pub changed: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub state: NodeState,
+    pub message: String,
+    /// Retry no sooner than the longest backoff (a human must act first).
+    pub needs_human: bool,
+    pub ssh_ok: bool,
+}
+
+impl Failure {
+    fn new(state: NodeState, message: impl Into<String>) -> Failure {
+        Failure {
+            state,
+            message: message.into(),
+            needs_human: false,
+            ssh_ok: false,
+        }
+    }
+}
+
+fn ssh_failure(e: SshError) -> Failure {
+    match e {
+        SshError::HostKeyChanged { .. } => Failure {
+            needs_human: true,
+            ..Failure::new(NodeState::HostKeyChanged, e.to_string())
+        },
+        SshError::Unreachable { .. } => Failure::new(NodeState::Unreachable, e.to_string()),
+        _ => Failure::new(NodeState::Failed, e.to_string()),
+    }
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn enrol(ctx: Arc<Ctx>, job: Job) -> Result<Done, Failure> {
+    if job.quick {
+        if let Some(pinned) = &job.pinned {
+            if let Ok(done) = confirm(&ctx, &job, pinned.clone()).await {
+                if done.trusted_keys >= job.registry.len() {
+                    return Ok(done);
+                }
+            }
+        }
+    }
+    let addr = job.addr.to_string();
+    let mut changed = Vec::new();
+    let probe = match probe(&ctx, &job).await {
+        Ok(p) => p,
+        Err(SshError::Denied { .. }) => {
+            add_ssh_key(&ctx, &job).await?;
+            changed.push("SSH key added by a swarm job".to_string());
+            probe(&ctx, &job).await.map_err(ssh_failure)?
+        }
+        Err(e) => return Err(ssh_failure(e)),
+    };
+    let with_ssh = |mut f: Failure| {
+        f.ssh_ok = true;
+        f
+    };
+    let binary = install::debian_arch(&probe.arch)
+        .and_then(|arch| std::fs::read(ctx.agent_dir.join(arch).join("glue-node-agent")).ok());
+    let expected = Expected {
+        node_id: job.node_id.clone(),
+        cluster_id: job.cluster_id.clone(),
+        binary,
+        managers: job
+            .registry
+            .iter()
+            .map(|(id, k)| (id.clone(), k.signing_key))
+            .collect(),
+    };
+    let plan = install::plan(&probe, &expected).map_err(|e| {
+        with_ssh(Failure {
+            needs_human: true,
+            ..Failure::new(
+                NodeState::Failed,
+                format!(
+                    "{}: {e} (looked in {})",
+                    job.hostname,
+                    ctx.agent_dir.display()
+                ),
+            )
+        })
+    })?;
+    let mut agent_key = probe.agent_key;
+    if !plan.is_empty() {
+        if plan.copy_binary {
+            let bytes = expected.binary.as_deref().unwrap_or_default();
+            let up = install::upload_path(&plan.bin_path, &ctx.manager_id);
+            ctx.ssh
+                .run(
+                    &job.node_id,
+                    &addr,
+                    "uploading the agent",
+                    &format!("cat > '{up}'"),
+                    bytes,
+                    INSTALL_TIMEOUT,
+                )
+                .await
+                .map_err(|e| with_ssh(ssh_failure(e)))?;
+        }
+        let out = ctx
+            .ssh
+            .run(
+                &job.node_id,
+                &addr,
+                "installing the agent",
+                "sh -s",
+                install::install_script(&plan, &ctx.manager_id).as_bytes(),
+                INSTALL_TIMEOUT,
+            )
+            .await
+            .map_err(|e| with_ssh(ssh_failure(e)))?;
+        agent_key = Probe::parse(&out).agent_key;
+        changed.push(plan.summary());
+    }
+    let Some(key) = agent_key else {
+        return Err(with_ssh(Failure::new(
+            NodeState::Failed,
+            format!(
+                "{}: the agent is running but has no {}",
+                job.hostname,
+                install::AGENT_PUB
+            ),
+        )));
+    };
+    let pinned = PinnedAgent {
+        endpoint: SocketAddr::new(job.addr, ctx.agent_port),
+        key,
+        version: install::agent_version(),
+    };
+    let mut done = confirm(&ctx, &job, pinned).await.map_err(|e| {
+        with_ssh(Failure::new(
+            NodeState::Failed,
+            format!("{}: {e}", job.hostname),
+        ))
+    })?;
+    done.changed = changed;
+    Ok(done)
+}
+
+async fn probe(ctx: &Ctx, job: &Job) -> Result<Probe, SshError> {
+    let out = ctx
+        .ssh
+        .run(
+            &job.node_id,
+            &job.addr.to_string(),
+            "probing",
+            "sh -s",
+            install::PROBE_SCRIPT.as_bytes(),
+            PROBE_TIMEOUT,
+        )
+        .await?;
+    Ok(Probe::parse(&out))
+}
+
+/// Asks the agent for its signed status with a signed command: proves that
+/// the agent runs, holds the pinned key and trusts this manager.
+async fn confirm(ctx: &Ctx, job: &Job, pinned: PinnedAgent) -> Result<Done, AgentError> {
+    let seq = ctx.seq.next().map_err(|e| AgentError::Transport {
+        endpoint: pinned.endpoint,
+        message: e.to_string(),
+    })?;
+    let issuer = Issuer {
+        key: &ctx.signing,
+        cluster: &job.cluster_id,
+        seq,
+        now: unix_now(),
+    };
+    let status = agent_client::send(
+        pinned.endpoint,
+        pinned.key,
+        &job.node_id,
+        &issuer,
+        CommandBody::Status,
+        AGENT_TIMEOUT,
+    )
+    .await?;
+    Ok(Done {
+        agent: PinnedAgent {
+            version: format!("glue-node-agent {}", status.agent_version),
+            ..pinned
+        },
+        trusted_keys: status.trusted_keys,
+        changed: Vec::new(),
+    })
+}
+
+/// Runs the one-shot swarm job that adds every registered manager's SSH key
+/// to root's authorized_keys on the node, under a swarm lock for that node.
+async fn add_ssh_key(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
+    let purpose = format!("ssh-{}", short(&job.node_id));
+    let lease = match ctx
+        .docker
+        .lock(&purpose, &ctx.manager_id, ctx.lock_lease, unix_now())
+        .await
+        .map_err(|e| Failure::new(NodeState::KeyJob, e.to_string()))?
+    {
+        Ok(l) => l,
+        Err(held) => {
+            return Err(Failure::new(
+                NodeState::KeyJob,
+                format!(
+                    "another manager is adding SSH keys on {} ({held})",
+                    job.hostname
+                ),
+            ))
+        }
+    };
+    let result = run_key_job(ctx, job).await;
+    if let Err(e) = ctx.docker.unlock(lease).await {
+        tracing::warn!("{e}");
+    }
+    result
+}
+
+async fn run_key_job(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
+    // Someone may have added our key while we waited for the lock.
+    match probe(ctx, job).await {
+        Ok(_) => return Ok(()),
+        Err(SshError::Denied { .. }) => {}
+        Err(e) => return Err(ssh_failure(e)),
+    }
+    let key_job = KeyJob {
+        node: job.node_id.clone(),
+        issuer: ctx.manager_id.clone(),
+        image: ctx.key_job_image.clone(),
+        keys: job
+            .registry
+            .iter()
+            .map(|(id, k)| {
+                format!(
+                    "{} swarm-glue manager {id}",
+                    crate::keys::ssh_key_material(&k.ssh_key)
+                )
+            })
+            .collect(),
+    };
+    let name = key_job.name();
+    let failure = |m: String| Failure::new(NodeState::KeyJob, m);
+    ctx.docker
+        .start_key_job(&key_job)
+        .await
+        .map_err(|e| failure(e.to_string()))?;
+    tracing::info!(node = %job.node_id, job = %name, "SSH key job started on {}", job.hostname);
+    let deadline = tokio::time::Instant::now() + ctx.key_job_timeout;
+    let outcome = loop {
+        match ctx.docker.job_state(&name).await {
+            Ok(JobState::Done) => break Ok(()),
+            Ok(JobState::Failed(err)) => break Err(err),
+            Ok(JobState::Waiting(why)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    break Err(format!(
+                        "not done after {}s ({why})",
+                        ctx.key_job_timeout.as_secs()
+                    ));
+                }
+                // A node without the image never gets further: say so at once.
+                if why.contains("No such image") || why.contains("not found") {
+                    break Err(why);
+                }
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    if let Err(e) = ctx.docker.remove_service(&name).await {
+        tracing::warn!("{e}");
+    }
+    outcome.map_err(|err| {
+        let mut f = failure(if err.contains("No such image") || err.contains("not found") {
+            format!(
+                "{}: the SSH key job cannot run: node lacks image {} ({err}); load it on that node (docker load) or set key_job_image in manager.toml to an image it has",
+                job.hostname, ctx.key_job_image
+            )
+        } else {
+            format!("{}: SSH key job {name} failed: {err}", job.hostname)
+        });
+        f.needs_human = true;
+        f
+    })
+}
+
+/// Which address to reach a node at: its swarm address, or for a manager
+/// that reports 0.0.0.0 there, the host of its raft address.
+pub fn reach_addr(addr: &str, manager_addr: Option<&str>) -> Option<IpAddr> {
+    let parsed = addr.parse::<IpAddr>().ok().filter(|a| !a.is_unspecified());
+    parsed.or_else(|| {
+        manager_addr
+            .and_then(|m| m.parse::<SocketAddr>().ok())
+            .map(|s| s.ip())
+            .filter(|a| !a.is_unspecified())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manager_that_reports_0_0_0_0_is_reached_at_its_raft_address() {
+        assert_eq!(
+            reach_addr("10.0.0.5", None),
+            Some("10.0.0.5".parse().expect("ip"))
+        );
+        assert_eq!(
+            reach_addr("0.0.0.0", Some("10.0.0.6:2377")),
+            Some("10.0.0.6".parse().expect("ip"))
+        );
+        assert_eq!(reach_addr("", None), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! glue-manager: remembers the healthy swarm, installs and trusts the agents
+//! on every node, and (issue 5) brings a moved swarm back.
+
+pub mod agent_client;
+pub mod config;
+pub mod daemon;
+pub mod docker;
+pub mod enrol;
+pub mod install;
+pub mod keys;
+pub mod memory;
+pub mod ssh;
+pub mod status;

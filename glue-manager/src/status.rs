@@ -1,0 +1,250 @@
+//! What the daemon reports about itself (status.json in the state
+//! directory), and how `glue-manager status` shows it to a person.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::memory::{Memory, Role};
+
+pub const MAX_ERRORS: usize = 20;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub version: String,
+    /// One line: what the manager is doing or waiting for.
+    pub state: String,
+    pub docker: String,
+    /// Registered glue-managers (node IDs) whose keys every agent must trust.
+    pub managers: Vec<String>,
+    pub nodes: BTreeMap<String, NodeReport>,
+    /// The latest errors, newest last: (unix time, message).
+    pub errors: VecDeque<(u64, String)>,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    #[default]
+    Pending,
+    Working,
+    KeyJob,
+    Confirmed,
+    HostKeyChanged,
+    Unreachable,
+    Failed,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Pending => "pending",
+            NodeState::Working => "installing",
+            NodeState::KeyJob => "adding SSH key",
+            NodeState::Confirmed => "agent confirmed",
+            NodeState::HostKeyChanged => "HOST KEY CHANGED",
+            NodeState::Unreachable => "unreachable",
+            NodeState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub hostname: String,
+    pub role: Option<Role>,
+    pub addr: String,
+    pub state: NodeState,
+    /// SSH with this manager's key works.
+    pub ssh_ok: bool,
+    pub agent_version: String,
+    pub agent_key: String,
+    /// How many manager keys the agent trusts (from its signed status).
+    pub trusted_keys: Option<usize>,
+    pub confirmed_at: Option<u64>,
+    pub last_error: Option<String>,
+    pub next_try_at: Option<u64>,
+}
+
+impl StatusReport {
+    pub fn push_error(&mut self, now: u64, message: String) {
+        if self.errors.back().map(|(_, m)| m) == Some(&message) {
+            return;
+        }
+        self.errors.push_back((now, message));
+        while self.errors.len() > MAX_ERRORS {
+            self.errors.pop_front();
+        }
+    }
+
+    /// Every node's agent confirmed and trusting every registered manager.
+    pub fn all_confirmed(&self) -> bool {
+        !self.nodes.is_empty()
+            && self.nodes.values().all(|n| {
+                n.state == NodeState::Confirmed
+                    && n.trusted_keys.is_some_and(|t| t >= self.managers.len())
+            })
+    }
+}
+
+fn ago(now: u64, t: u64) -> String {
+    let d = now.saturating_sub(t);
+    match d {
+        0..=119 => format!("{d}s ago"),
+        120..=7199 => format!("{}m ago", d / 60),
+        _ => format!("{}h ago", d / 3600),
+    }
+}
+
+/// The status for a person: the swarm as remembered, each node, what is
+/// pending, the last errors.
+pub fn render(
+    memory: Option<&Memory>,
+    report: Option<&StatusReport>,
+    running: bool,
+    now: u64,
+) -> String {
+    let mut s = String::new();
+    match report {
+        Some(r) => {
+            let _ = writeln!(
+                s,
+                "glue-manager {} (pid {}, {}) — {}",
+                r.version,
+                r.pid,
+                if running { "running" } else { "NOT RUNNING" },
+                r.state
+            );
+            let _ = writeln!(s, "docker: {}", r.docker);
+            let _ = writeln!(s, "report: updated {}", ago(now, r.updated_at));
+        }
+        None => {
+            let _ = writeln!(s, "glue-manager has not reported yet (no status.json)");
+        }
+    }
+    match memory {
+        Some(m) if !m.cluster_id.is_empty() => {
+            let _ = writeln!(
+                s,
+                "swarm: cluster {} as remembered {} — {} nodes, this manager is {}",
+                m.cluster_id,
+                ago(now, m.changed_at),
+                m.nodes.len(),
+                m.node_id
+            );
+        }
+        _ => {
+            let _ = writeln!(s, "swarm: nothing remembered yet");
+        }
+    }
+    let Some(r) = report else { return s };
+    let _ = writeln!(s, "managers trusted by every agent: {}", r.managers.len());
+    let _ = writeln!(
+        s,
+        "\n{:<14} {:<20} {:<8} {:<16} {:<16} {:<5} {:<7} AGENT",
+        "NODE", "HOSTNAME", "ROLE", "ADDRESS", "STATE", "SSH", "TRUSTS"
+    );
+    let mut pending = Vec::new();
+    for (id, n) in &r.nodes {
+        let role = match n.role {
+            Some(Role::Manager) => "manager",
+            Some(Role::Worker) => "worker",
+            None => "?",
+        };
+        let trusts = n
+            .trusted_keys
+            .map(|t| format!("{t}/{}", r.managers.len()))
+            .unwrap_or_else(|| "-".into());
+        let agent = if n.agent_key.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{} key {}", n.agent_version, n.agent_key)
+        };
+        let _ = writeln!(
+            s,
+            "{:<14} {:<20} {:<8} {:<16} {:<16} {:<5} {:<7} {}",
+            crate::docker::short(id),
+            n.hostname,
+            role,
+            n.addr,
+            n.state.as_str(),
+            if n.ssh_ok { "ok" } else { "-" },
+            trusts,
+            agent
+        );
+        if n.state != NodeState::Confirmed {
+            let mut line = format!(
+                "{} ({}): {}",
+                n.hostname,
+                crate::docker::short(id),
+                n.state.as_str()
+            );
+            if let Some(e) = &n.last_error {
+                let _ = write!(line, ": {e}");
+            }
+            if let Some(t) = n.next_try_at {
+                let _ = write!(line, " (next try in {}s)", t.saturating_sub(now));
+            }
+            pending.push(line);
+        }
+    }
+    if pending.is_empty() {
+        let _ = writeln!(s, "\npending: nothing");
+    } else {
+        let _ = writeln!(s, "\npending:");
+        for p in pending {
+            let _ = writeln!(s, "  {p}");
+        }
+    }
+    if !r.errors.is_empty() {
+        let _ = writeln!(s, "\nlast errors:");
+        for (t, e) in r.errors.iter().rev().take(5) {
+            let _ = writeln!(s, "  {}: {e}", ago(now, *t));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rendering_says_what_is_pending_and_why() {
+        let mut r = StatusReport {
+            pid: 42,
+            version: "0.1.0".into(),
+            state: "watching 2 nodes".into(),
+            docker: "connected, API 1.41".into(),
+            managers: vec!["m1".into()],
+            updated_at: 100,
+            ..StatusReport::default()
+        };
+        r.nodes.insert(
+            "n1aaaaaaaaaaaaaa".into(),
+            NodeReport {
+                hostname: "lab-w1".into(),
+                role: Some(Role::Worker),
+                addr: "10.0.0.5".into(),
+                state: NodeState::HostKeyChanged,
+                last_error: Some("the SSH host key changed".into()),
+                next_try_at: Some(400),
+                ..NodeReport::default()
+            },
+        );
+        r.push_error(90, "boom".into());
+        r.push_error(91, "boom".into());
+        assert_eq!(
+            r.errors.len(),
+            1,
+            "the same error twice in a row is kept once"
+        );
+        assert!(!r.all_confirmed());
+        let text = render(None, Some(&r), true, 100);
+        assert!(text.contains("lab-w1 (n1aaaaaaaaaa): HOST KEY CHANGED: the SSH host key changed (next try in 300s)"), "{text}");
+        assert!(text.contains("last errors:\n  10s ago: boom"), "{text}");
+    }
+}
