@@ -33,6 +33,8 @@ struct Track {
     busy: bool,
     next_at: u64,
     failures: u32,
+    /// The registry the running enrolment works with.
+    started_with: BTreeMap<String, ManagerKeys>,
     /// The registry the agent was last confirmed against.
     confirmed_for: Option<BTreeMap<String, ManagerKeys>>,
 }
@@ -56,6 +58,7 @@ pub struct Daemon {
     slots: Arc<Semaphore>,
     ready: bool,
     registered: bool,
+    cleaned: bool,
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
@@ -89,6 +92,7 @@ impl Daemon {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             state: "starting".into(),
+            signing_key: signing.public().to_base64(),
             ..StatusReport::default()
         };
         let memory = match store.load() {
@@ -135,6 +139,7 @@ impl Daemon {
             slots: Arc::new(Semaphore::new(PARALLEL_ENROLMENTS)),
             ready: false,
             registered: false,
+            cleaned: false,
             cfg,
         })
     }
@@ -283,17 +288,19 @@ impl Daemon {
                 tracing::info!(key = %mine.signing_key.short(), "registered this manager's keys in the swarm");
             }
             self.registered = true;
-            for job in docker
-                .my_key_jobs(&snap.node_id)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+        }
+        if !self.cleaned {
+            // Whatever an earlier run of this manager left half-done.
+            let err = |e: crate::docker::DockerError| e.to_string();
+            for job in docker.my_key_jobs(&snap.node_id).await.map_err(err)? {
                 tracing::info!(job = %job, "removing a key job left by an earlier run");
-                docker
-                    .remove_service(&job)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                docker.remove_service(&job).await.map_err(err)?;
             }
+            let released = docker.release_locks_of(&snap.node_id).await.map_err(err)?;
+            if released > 0 {
+                tracing::info!("released {released} swarm lock(s) left by an earlier run");
+            }
+            self.cleaned = true;
         }
         let managers: BTreeSet<&str> = snap
             .nodes
@@ -308,6 +315,7 @@ impl Daemon {
             // Our entry vanished or is stale: publish it again next time.
             self.registered = false;
         }
+        self.report.node_id = snap.node_id.clone();
         self.remember(snap, &registry);
         if self.ctx.is_none() {
             self.ctx = Some(Arc::new(self.make_ctx(docker.clone(), &snap.node_id)?));
@@ -436,6 +444,7 @@ impl Daemon {
                 quick: track.confirmed_for.is_some() && !registry_changed,
             };
             track.busy = true;
+            track.started_with = registry.clone();
             track.confirmed_for = None;
             if report.state != NodeState::Confirmed {
                 report.state = NodeState::Working;
@@ -454,7 +463,6 @@ impl Daemon {
 
     fn finished(&mut self, node: String, result: Result<Done, Failure>) {
         let now = unix_now();
-        let registry = self.memory.managers.clone();
         let Some(track) = self.tracks.get_mut(&node) else {
             return;
         };
@@ -474,7 +482,7 @@ impl Daemon {
                 }
                 track.failures = 0;
                 track.next_at = now + self.cfg.agent_check_interval_s;
-                track.confirmed_for = Some(registry);
+                track.confirmed_for = Some(std::mem::take(&mut track.started_with));
                 report.state = NodeState::Confirmed;
                 report.ssh_ok = true;
                 report.agent_version = done.agent.version.clone();
@@ -499,6 +507,10 @@ impl Daemon {
                 track.failures += 1;
                 let backoff = if f.needs_human {
                     self.cfg.retry_max_s
+                } else if f.waiting {
+                    // Another manager is on it: look again soon, no escalation.
+                    track.failures -= 1;
+                    self.cfg.retry_min_s
                 } else {
                     (self.cfg.retry_min_s << (track.failures - 1).min(16)).min(self.cfg.retry_max_s)
                 };
@@ -509,9 +521,8 @@ impl Daemon {
                 let repeated = report.last_error.as_ref() == Some(&f.message);
                 report.last_error = Some(f.message.clone());
                 let msg = format!("node {name}: {}", f.message);
-                if f.state == NodeState::KeyJob && !f.needs_human {
-                    // Waiting for another manager's job is normal.
-                    tracing::info!("{msg}; retrying in {backoff}s");
+                if f.waiting {
+                    tracing::info!("{msg}; looking again in {backoff}s");
                 } else if !repeated {
                     self.error(msg);
                 }

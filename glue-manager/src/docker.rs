@@ -329,6 +329,30 @@ impl DockerApi {
         Ok(Err("contended".to_string()))
     }
 
+    /// Drops every lock still held under `holder`'s name: called at start,
+    /// when any such lock is a leftover of a run that died.
+    pub async fn release_locks_of(&self, holder: &str) -> Result<usize, DockerError> {
+        let mut n = 0;
+        for s in self.secrets_named(LOCK_PREFIX).await? {
+            let labels = s
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.labels.clone())
+                .unwrap_or_default();
+            if labels.get(LABEL_HOLDER).map(String::as_str) != Some(holder) {
+                continue;
+            }
+            if let Some(id) = s.id {
+                match self.docker.delete_secret(&id).await {
+                    Ok(()) => n += 1,
+                    Err(e) if status_code(&e) == Some(404) => {}
+                    Err(e) => return Err(call("releasing a leftover lock")(e)),
+                }
+            }
+        }
+        Ok(n)
+    }
+
     pub async fn unlock(&self, lease: Lease) -> Result<(), DockerError> {
         match self.docker.delete_secret(&lease.id).await {
             Ok(()) => Ok(()),

@@ -60,6 +60,8 @@ pub struct Failure {
     pub message: String,
     /// Retry no sooner than the longest backoff (a human must act first).
     pub needs_human: bool,
+    /// Another manager is doing this step: not a failure of this node.
+    pub waiting: bool,
     pub ssh_ok: bool,
 }
 
@@ -69,6 +71,7 @@ impl Failure {
             state,
             message: message.into(),
             needs_human: false,
+            waiting: false,
             ssh_ok: false,
         }
     }

@@ -14,6 +14,9 @@ pub const MAX_ERRORS: usize = 20;
 pub struct StatusReport {
     pub pid: u32,
     pub version: String,
+    /// This manager's node ID and public signing key (base64).
+    pub node_id: String,
+    pub signing_key: String,
     /// One line: what the manager is doing or waiting for.
     pub state: String,
     pub docker: String,

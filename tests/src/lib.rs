@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod docker;
 pub mod error;
+pub mod glue;
 pub mod image;
 pub mod lab;
 pub mod net;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use swarm_glue_lab::demo::{self, DemoOptions};
-use swarm_glue_lab::{bench, image, lab, swarm, Addressing, Ipv4Net, Lab, LabSpec};
+use swarm_glue_lab::{bench, glue, image, lab, swarm, Addressing, Ipv4Net, Lab, LabSpec};
 
 #[derive(Parser)]
 #[command(
@@ -90,6 +90,17 @@ enum Command {
         #[command(flatten)]
         which: Which,
         node: String,
+    },
+    /// Install glue-manager (built with `cargo build --release`) on managers
+    /// and start it; agents then reach every node through it.
+    InstallGlue {
+        #[command(flatten)]
+        which: Which,
+        /// Install but do not start.
+        #[arg(long)]
+        no_start: bool,
+        /// Nodes (default: every manager).
+        nodes: Vec<String>,
     },
     /// Print the swarm's fingerprint as JSON.
     Fingerprint {
@@ -207,6 +218,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop { which, node } => open(&which)?.stop(&node)?,
         Command::Start { which, node } => open(&which)?.start(&node)?,
         Command::RestartDocker { which, node } => open(&which)?.restart_docker(&node)?,
+        Command::InstallGlue {
+            which,
+            no_start,
+            nodes,
+        } => {
+            let lab = open(&which)?;
+            let bins = glue::Binaries::locate()?;
+            let nodes = if nodes.is_empty() {
+                lab.manager_names()
+            } else {
+                lab.select(&nodes)?
+            };
+            let config = glue::lab_manager_config("");
+            swarm_glue_lab::par_map(&nodes, |n| glue::install_manager(&lab, n, &bins, &config))?;
+            if !no_start {
+                swarm_glue_lab::par_map(&nodes, |n| glue::start_manager(&lab, n))?;
+            }
+            println!("glue-manager installed on {}", nodes.join(", "));
+        }
         Command::Fingerprint { which } => {
             let fp = swarm::fingerprint_any(&open(&which)?)?;
             println!("{}", serde_json::to_string_pretty(&fp)?);
