@@ -257,7 +257,7 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
         .unwrap_or_default();
     for line in [
         "removing a key job left by an earlier run",
-        "released 1 swarm lock(s) left by an earlier run",
+        "swarm lock(s) left by an earlier run",
     ] {
         assert!(
             journal.contains(line),
@@ -328,7 +328,7 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
         );
     }
     assert_eq!(
-        lab.exec("w1", &["systemctl", "is-active", "glue-node-agent"])
+        lab.sh("w1", "systemctl is-active glue-node-agent || true")
             .unwrap_or_default()
             .trim(),
         "inactive"
