@@ -4,7 +4,7 @@
 CARGO ?= cargo
 LAB = $(CARGO) run --quiet -p swarm-glue-lab --bin lab --
 
-.PHONY: deps demo test lint unit agent-tests fuzz lab-tests bench check-clean
+.PHONY: deps demo test lint unit agent-tests fuzz release lab-tests bench check-clean
 
 deps:
 	@./tests/host-setup.sh
@@ -32,13 +32,19 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	cd glue-node-agent && $(CARGO) +nightly fuzz run open_command -- -max_total_time=$(FUZZ_SECONDS)
 
-lab-tests:
-	$(CARGO) test -p swarm-glue-lab --test baseline -- --nocapture
+## The lab installs the release build of both programs on its nodes.
+release:
+	$(CARGO) build --release -p glue-manager -p glue-node-agent
+
+lab-tests: release
+	$(CARGO) test -p swarm-glue-lab --test baseline --test manager -- --nocapture
 
 ## Figures, printed as BENCH lines: the agent (size, idle RSS, applying 20
-## rewrites), then the lab (cold image build, lab up, moves).
-bench: deps
+## rewrites), the manager at rest on a lab swarm (RSS, CPU over 5 minutes),
+## then the lab (cold image build, lab up, moves).
+bench: deps release
 	$(CARGO) bench -p glue-node-agent
+	$(CARGO) bench -p glue-manager
 	$(LAB) bench --rebuild-image
 
 ## Nothing of any lab may be left on this machine after the tests.

@@ -1,7 +1,9 @@
 //! glue-manager on a real swarm: installed on the three managers only, it
 //! gets an agent onto every node that trusts every manager, survives a
-//! SIGKILL in the middle of it, enrols a worker that joins later, refuses a
-//! node whose SSH host key changed, and rebuilds a corrupt memory. Needs root
+//! SIGKILL in the middle of it, enrols a worker that joins later (after
+//! saying that it lacks the key job's image), refuses a node whose SSH host
+//! key changed, rebuilds a corrupt memory, waits for a Docker that is down and
+//! reconnects after a dockerd restart. Needs root
 //! and a Docker daemon (`make test` has both) and the release binaries
 //! (`make test` builds them).
 
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use swarm_glue_lab::docker::Docker;
 use swarm_glue_lab::glue::{self, Binaries};
+use swarm_glue_lab::image::WORKLOAD_IMAGE;
 use swarm_glue_lab::lab::leftovers;
 use swarm_glue_lab::{bench, par_map, wait_for, Lab, LabError, LabSpec, Result};
 
@@ -270,7 +273,10 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
         println!("--- glue-manager status on {m}\n{status}");
     }
 
-    // A worker that joins later gets its agent too.
+    // A worker that joins later gets its agent too; first without the key
+    // job's image, which must be reported as such, then with it.
+    lab.exec("w2", &["docker", "image", "rm", "-f", WORKLOAD_IMAGE])
+        .expect("image removed from w2");
     let token = lab
         .exec("m1", &["docker", "swarm", "join-token", "-q", "worker"])
         .expect("token");
@@ -278,7 +284,6 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
         .address("m1")
         .expect("m1 address")
         .expect("m1 has an address");
-    let joined = Instant::now();
     lab.exec(
         "w2",
         &[
@@ -293,6 +298,39 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
     .expect("w2 joins");
     let w2 = node_id(&lab, "w2");
     assert_ne!(w2, w2_old);
+    for m in MANAGERS {
+        let lacks = format!("lacks image {WORKLOAD_IMAGE}");
+        wait_for(
+            &format!("{m} to report that w2 lacks the image"),
+            Duration::from_secs(120),
+            Duration::from_secs(2),
+            || {
+                Ok(report(&lab, m).filter(|r| {
+                    r["nodes"][&w2]["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains(&lacks))
+                }))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let jobs = lab
+        .exec("m1", &["docker", "service", "ls", "--format", "{{.Name}}"])
+        .expect("services");
+    let storm = jobs
+        .lines()
+        .filter(|l| l.starts_with("swarm-glue-sshkey-"))
+        .count();
+    assert!(storm <= 3, "key jobs pile up: {jobs}");
+    let workload = swarm_glue_lab::image::workload_tarball().expect("workload image");
+    lab.docker()
+        .exec_with_input(
+            &lab.node("w2").expect("w2").container,
+            &["docker", "import", "-", WORKLOAD_IMAGE],
+            &workload,
+        )
+        .expect("image back on w2");
+    let joined = Instant::now();
     let mut all_names = names.clone();
     all_names.push("w2".into());
     let mut all_ids = ids.clone();
@@ -300,7 +338,7 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
     wait_all_enrolled(&lab, &all_ids, &all_names, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("the late worker was not enrolled: {e}"));
     bench(
-        "manager.enrol_late_worker_s",
+        "manager.enrol_late_worker_once_image_back_s",
         joined.elapsed().as_secs_f64(),
         "s",
     );
@@ -412,6 +450,35 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
                 ],
             )?;
             Ok((st.contains("ActiveState=active") && st.contains("swarm healthy")).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // A dockerd restart ends the event stream: the manager reconnects.
+    lab.restart_docker("m2").expect("dockerd restarted on m2");
+    wait_for(
+        "m2's manager to reconnect",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let journal = lab.exec(
+                "m2",
+                &[
+                    "journalctl",
+                    "-u",
+                    "glue-manager",
+                    "--no-pager",
+                    "-o",
+                    "cat",
+                ],
+            )?;
+            let st = lab.exec(
+                "m2",
+                &["systemctl", "show", "-p", "StatusText", "glue-manager"],
+            )?;
+            let lost = journal.rfind("lost Docker");
+            let back = journal.rfind("connected to /var/run/docker.sock");
+            Ok((lost.is_some() && back > lost && st.contains("swarm healthy")).then_some(()))
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
