@@ -18,6 +18,9 @@ use crate::memory::{self, ManagerKeys, Memory, MemoryStore, NodeMemory, PinnedAg
 use crate::ssh::Ssh;
 use crate::status::{NodeState, StatusReport};
 
+/// Longest a look at Docker may take (the watchdog allows 30 s).
+const LOOK_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Nodes enrolled at the same time.
 const PARALLEL_ENROLMENTS: usize = 4;
 
@@ -169,8 +172,14 @@ impl Daemon {
                     look = true;
                 }
             }
-            if look {
-                self.look().await;
+            // A hung dockerd must not starve the watchdog: a look that takes
+            // this long counts as Docker lost, and the next one reconnects.
+            if look
+                && tokio::time::timeout(LOOK_TIMEOUT, self.look())
+                    .await
+                    .is_err()
+            {
+                self.lost_docker(format!("no answer within {}s", LOOK_TIMEOUT.as_secs()));
             }
             self.write_report();
         }

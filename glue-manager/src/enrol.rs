@@ -258,13 +258,16 @@ async fn add_ssh_key(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
     {
         Ok(l) => l,
         Err(held) => {
-            return Err(Failure::new(
-                NodeState::KeyJob,
-                format!(
-                    "another manager is adding SSH keys on {} ({held})",
-                    job.hostname
-                ),
-            ))
+            return Err(Failure {
+                waiting: true,
+                ..Failure::new(
+                    NodeState::KeyJob,
+                    format!(
+                        "another manager is adding SSH keys on {} ({held})",
+                        job.hostname
+                    ),
+                )
+            })
         }
     };
     let result = run_key_job(ctx, job).await;

@@ -302,7 +302,7 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
         let lacks = format!("lacks image {WORKLOAD_IMAGE}");
         wait_for(
             &format!("{m} to report that w2 lacks the image"),
-            Duration::from_secs(120),
+            Duration::from_secs(180),
             Duration::from_secs(2),
             || {
                 Ok(report(&lab, m).filter(|r| {
