@@ -4,8 +4,10 @@
 pub mod agent_client;
 pub mod config;
 pub mod daemon;
+pub mod discovery;
 pub mod docker;
 pub mod enrol;
+pub mod identity;
 pub mod install;
 pub mod keys;
 pub mod memory;

@@ -34,6 +34,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check that ADDR (host:port of a raft endpoint) is manager NODE of the
+    /// remembered swarm: TLS certificate chaining to the remembered root CA,
+    /// for that node ID and cluster. Changes nothing.
+    ProveManager {
+        addr: std::net::SocketAddr,
+        node: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         .and_then(|cfg| match cli.command.unwrap_or(Cmd::Run) {
             Cmd::Run => run(cfg),
             Cmd::Status { json } => show_status(&cfg, json),
+            Cmd::ProveManager { addr, node } => prove_manager(&cfg, addr, node),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,6 +101,30 @@ fn show_status(cfg: &Config, json: bool) -> anyhow::Result<()> {
             running,
             glue_node_agent::server::unix_now()
         )
+    );
+    Ok(())
+}
+
+fn prove_manager(cfg: &Config, addr: std::net::SocketAddr, node: String) -> anyhow::Result<()> {
+    let memory = MemoryStore::new(cfg.memory_path()).peek()?.ok_or_else(|| {
+        anyhow::anyhow!("{}: nothing remembered yet", cfg.memory_path().display())
+    })?;
+    let expected = glue_manager::identity::Expected {
+        root_ca_pem: memory.root_ca_pem,
+        cluster: memory.cluster_id,
+        node,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let subject = rt.block_on(glue_manager::identity::prove_manager(
+        addr,
+        &expected,
+        std::time::Duration::from_secs(5),
+    ))?;
+    println!(
+        "{addr} is manager {} of cluster {} ({})",
+        subject.cn, subject.o, subject.ou
     );
     Ok(())
 }

@@ -1,0 +1,460 @@
+//! Discovery over Avahi's D-Bus API: each manager publishes a DNS-SD service
+//! with what it is (cluster, node, its swarm addresses), browses for the
+//! others and resolves them; workers are found by `<hostname>.local`.
+//!
+//! An announcement is a hint, never a proof (RFC 6762 §21: anyone on the
+//! link can answer); [`crate::identity`] proves an address before it is used.
+//! Browsers and resolvers use Avahi 0.8's race-free calls: prepare the
+//! object, subscribe to its signals, then start it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use zbus::zvariant::OwnedObjectPath;
+
+pub const SERVICE_TYPE: &str = "_swarm-glue._tcp";
+const IF_UNSPEC: i32 = -1;
+const PROTO_INET: i32 = 0;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.Avahi.Server",
+    default_service = "org.freedesktop.Avahi",
+    default_path = "/"
+)]
+trait Server {
+    fn get_version_string(&self) -> zbus::Result<String>;
+    fn entry_group_new(&self) -> zbus::Result<OwnedObjectPath>;
+    fn service_browser_prepare(
+        &self,
+        interface: i32,
+        protocol: i32,
+        type_: &str,
+        domain: &str,
+        flags: u32,
+    ) -> zbus::Result<OwnedObjectPath>;
+    #[allow(clippy::too_many_arguments)]
+    fn service_resolver_prepare(
+        &self,
+        interface: i32,
+        protocol: i32,
+        name: &str,
+        type_: &str,
+        domain: &str,
+        aprotocol: i32,
+        flags: u32,
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn resolve_host_name(
+        &self,
+        interface: i32,
+        protocol: i32,
+        name: &str,
+        aprotocol: i32,
+        flags: u32,
+    ) -> zbus::Result<(i32, i32, String, i32, String, u32)>;
+    fn get_network_interface_name_by_index(&self, index: i32) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.Avahi.EntryGroup",
+    default_service = "org.freedesktop.Avahi"
+)]
+trait EntryGroup {
+    #[allow(clippy::too_many_arguments)]
+    fn add_service(
+        &self,
+        interface: i32,
+        protocol: i32,
+        flags: u32,
+        name: &str,
+        type_: &str,
+        domain: &str,
+        host: &str,
+        port: u16,
+        txt: Vec<Vec<u8>>,
+    ) -> zbus::Result<()>;
+    fn commit(&self) -> zbus::Result<()>;
+    fn reset(&self) -> zbus::Result<()>;
+    fn free(&self) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn state_changed(&self, state: i32, error: &str) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.Avahi.ServiceBrowser",
+    default_service = "org.freedesktop.Avahi"
+)]
+trait ServiceBrowser {
+    fn start(&self) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn item_new(
+        &self,
+        interface: i32,
+        protocol: i32,
+        name: &str,
+        type_: &str,
+        domain: &str,
+        flags: u32,
+    ) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.Avahi.ServiceResolver",
+    default_service = "org.freedesktop.Avahi"
+)]
+trait ServiceResolver {
+    fn start(&self) -> zbus::Result<()>;
+    fn free(&self) -> zbus::Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    #[zbus(signal)]
+    fn found(
+        &self,
+        interface: i32,
+        protocol: i32,
+        name: &str,
+        type_: &str,
+        domain: &str,
+        host: &str,
+        aprotocol: i32,
+        address: &str,
+        port: u16,
+        txt: Vec<Vec<u8>>,
+        flags: u32,
+    ) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn failure(&self, error: &str) -> zbus::Result<()>;
+}
+
+/// What a manager says about itself in its TXT record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub cluster: String,
+    pub node: String,
+    /// Its swarm-facing IPv4 addresses now.
+    pub addrs: Vec<Ipv4Addr>,
+    pub agent_port: u16,
+}
+
+/// An announcement as heard, with who sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heard {
+    pub announcement: Announcement,
+    /// The address Avahi resolved the service to (the sender, as far as mDNS knows).
+    pub sender: IpAddr,
+    /// The local interface it was heard on.
+    pub interface: String,
+}
+
+impl Announcement {
+    pub fn txt(&self) -> Vec<Vec<u8>> {
+        let addrs: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        vec![
+            b"v=1".to_vec(),
+            format!("cluster={}", self.cluster).into_bytes(),
+            format!("node={}", self.node).into_bytes(),
+            format!("addrs={}", addrs.join(",")).into_bytes(),
+            format!("agent={}", self.agent_port).into_bytes(),
+        ]
+    }
+
+    /// Reads a TXT record; anything missing or malformed is an error naming it.
+    pub fn parse(txt: &[Vec<u8>]) -> Result<Announcement, String> {
+        let mut fields = BTreeMap::new();
+        for item in txt {
+            let s = std::str::from_utf8(item).map_err(|_| "a TXT item is not UTF-8".to_string())?;
+            if let Some((k, v)) = s.split_once('=') {
+                fields.insert(k.to_string(), v.to_string());
+            }
+        }
+        let get = |k: &str| {
+            fields
+                .get(k)
+                .cloned()
+                .ok_or_else(|| format!("TXT has no {k}="))
+        };
+        if get("v")? != "1" {
+            return Err(format!("TXT version {:?} is not 1", fields.get("v")));
+        }
+        let id_ok = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric())
+        };
+        let cluster = get("cluster")?;
+        let node = get("node")?;
+        if !id_ok(&cluster) || !id_ok(&node) {
+            return Err("TXT cluster= or node= is not a swarm ID".into());
+        }
+        let addrs = get("addrs")?
+            .split(',')
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("TXT addrs= has {a:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addrs.is_empty() || addrs.len() > 8 {
+            return Err("TXT addrs= must name 1 to 8 addresses".into());
+        }
+        let agent_port = get("agent")?
+            .parse()
+            .map_err(|_| "TXT agent= is not a port".to_string())?;
+        Ok(Announcement {
+            cluster,
+            node,
+            addrs,
+            agent_port,
+        })
+    }
+}
+
+/// Interfaces whose addresses are never a node's swarm address (Avahi
+/// publishes them too on a Docker host).
+pub fn ignored_interface(name: &str) -> bool {
+    name == "lo"
+        || name == "docker0"
+        || name == "docker_gwbridge"
+        || name.starts_with("veth")
+        || name.starts_with("br-")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("Avahi over D-Bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("Avahi: {0}")]
+    Avahi(String),
+}
+
+pub struct Avahi {
+    conn: zbus::Connection,
+    server: ServerProxy<'static>,
+}
+
+/// What a published service reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    Established,
+    /// Another host took the name: publish again under another.
+    Collision,
+    Failed(String),
+}
+
+impl Avahi {
+    pub async fn connect() -> Result<Avahi, DiscoveryError> {
+        let conn = zbus::Connection::system().await?;
+        let server = ServerProxy::new(&conn).await?;
+        let version = server.get_version_string().await?;
+        tracing::debug!("Avahi {version}");
+        Ok(Avahi { conn, server })
+    }
+
+    pub fn connection(&self) -> &zbus::Connection {
+        &self.conn
+    }
+
+    /// Publishes `name` with the announcement; returns a stream of what
+    /// becomes of it. Dropping the group's proxy does not withdraw it; call
+    /// [`Avahi::withdraw`].
+    pub async fn publish(
+        &self,
+        name: &str,
+        ann: &Announcement,
+    ) -> Result<(OwnedObjectPath, mpsc::Receiver<Published>), DiscoveryError> {
+        let path = self.server.entry_group_new().await?;
+        let group = EntryGroupProxy::builder(&self.conn)
+            .path(path.clone())?
+            .build()
+            .await?;
+        let mut states = group.receive_state_changed().await?;
+        group
+            .add_service(
+                IF_UNSPEC,
+                PROTO_INET,
+                0,
+                name,
+                SERVICE_TYPE,
+                "",
+                "",
+                ann.agent_port,
+                ann.txt(),
+            )
+            .await?;
+        group.commit().await?;
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(sig) = states.next().await {
+                let Ok(args) = sig.args() else { continue };
+                let ev = match args.state {
+                    2 => Published::Established,
+                    3 => Published::Collision,
+                    4 => Published::Failed(args.error.to_string()),
+                    _ => continue,
+                };
+                if tx.send(ev).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((path, rx))
+    }
+
+    pub async fn withdraw(&self, path: OwnedObjectPath) -> Result<(), DiscoveryError> {
+        let group = EntryGroupProxy::builder(&self.conn)
+            .path(path)?
+            .build()
+            .await?;
+        group.free().await?;
+        Ok(())
+    }
+
+    /// Browses for swarm-glue managers; every resolved announcement (or the
+    /// reason one could not be read) goes to `tx`.
+    pub async fn browse(
+        &self,
+        tx: mpsc::Sender<Result<Heard, String>>,
+    ) -> Result<(), DiscoveryError> {
+        let path = self
+            .server
+            .service_browser_prepare(IF_UNSPEC, PROTO_INET, SERVICE_TYPE, "", 0)
+            .await?;
+        let browser = ServiceBrowserProxy::builder(&self.conn)
+            .path(path)?
+            .build()
+            .await?;
+        let mut items = browser.receive_item_new().await?;
+        browser.start().await?;
+        let conn = self.conn.clone();
+        let server = self.server.clone();
+        tokio::spawn(async move {
+            let _browser = browser;
+            while let Some(sig) = items.next().await {
+                let Ok(a) = sig.args() else { continue };
+                let (iface, name) = (a.interface, a.name.to_string());
+                let (conn, server, tx) = (conn.clone(), server.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let heard = resolve(&conn, &server, iface, &name).await;
+                    let _ = tx.send(heard).await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// `<hostname>.local` → its IPv4 address.
+    pub async fn resolve_host(&self, hostname: &str) -> Result<Ipv4Addr, DiscoveryError> {
+        let (_, _, _, _, addr, _) = self
+            .server
+            .resolve_host_name(
+                IF_UNSPEC,
+                PROTO_INET,
+                &format!("{hostname}.local"),
+                PROTO_INET,
+                0,
+            )
+            .await?;
+        addr.parse()
+            .map_err(|_| DiscoveryError::Avahi(format!("{hostname}.local resolved to {addr:?}")))
+    }
+}
+
+async fn resolve(
+    conn: &zbus::Connection,
+    server: &ServerProxy<'static>,
+    iface: i32,
+    name: &str,
+) -> Result<Heard, String> {
+    let fail = |e: zbus::Error| format!("resolving {name:?}: {e}");
+    let path = server
+        .service_resolver_prepare(
+            iface,
+            PROTO_INET,
+            name,
+            SERVICE_TYPE,
+            "local",
+            PROTO_INET,
+            0,
+        )
+        .await
+        .map_err(fail)?;
+    let resolver = ServiceResolverProxy::builder(conn)
+        .path(path)
+        .map_err(fail)?
+        .build()
+        .await
+        .map_err(fail)?;
+    let mut found = resolver.receive_found().await.map_err(fail)?;
+    let mut failed = resolver.receive_failure().await.map_err(fail)?;
+    resolver.start().await.map_err(fail)?;
+    let outcome = tokio::select! {
+        Some(sig) = found.next() => {
+            let a = sig.args().map_err(fail)?;
+            let sender: IpAddr = a.address.parse().map_err(|_| format!("{name:?} resolved to {:?}", a.address))?;
+            let interface = server
+                .get_network_interface_name_by_index(a.interface)
+                .await
+                .unwrap_or_default();
+            Announcement::parse(&a.txt)
+                .map(|announcement| Heard { announcement, sender, interface })
+                .map_err(|e| format!("announcement {name:?} from {sender}: {e}"))
+        }
+        Some(sig) = failed.next() => Err(format!(
+            "resolving {name:?}: {}",
+            sig.args().map(|a| a.error.to_string()).unwrap_or_default()
+        )),
+        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => Err(format!("resolving {name:?}: no answer in 10s")),
+    };
+    let _ = resolver.free().await;
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann() -> Announcement {
+        Announcement {
+            cluster: "uxkjd2inlweq3ha8euoz4e982".into(),
+            node: "veprg1zs1ov2q9io4q55egp1s".into(),
+            addrs: vec![Ipv4Addr::new(10, 231, 5, 7)],
+            agent_port: 7950,
+        }
+    }
+
+    #[test]
+    fn an_announcement_survives_its_txt_record() {
+        assert_eq!(Announcement::parse(&ann().txt()), Ok(ann()));
+    }
+
+    #[test]
+    fn malformed_announcements_are_refused_with_the_reason() {
+        let mut txt = ann().txt();
+        txt[3] = b"addrs=10.0.0.300".to_vec();
+        assert!(Announcement::parse(&txt)
+            .expect_err("bad addr")
+            .contains("10.0.0.300"));
+        let mut txt = ann().txt();
+        txt[2] = b"node=../../etc".to_vec();
+        assert!(Announcement::parse(&txt).is_err());
+        let txt: Vec<Vec<u8>> = ann()
+            .txt()
+            .into_iter()
+            .filter(|t| !t.starts_with(b"cluster="))
+            .collect();
+        assert!(Announcement::parse(&txt)
+            .expect_err("no cluster")
+            .contains("cluster="));
+        let mut txt = ann().txt();
+        txt[0] = b"v=2".to_vec();
+        assert!(Announcement::parse(&txt).is_err());
+    }
+
+    #[test]
+    fn docker_and_bridge_interfaces_are_ignored() {
+        for n in ["docker0", "docker_gwbridge", "veth12ab", "br-0f3c", "lo"] {
+            assert!(ignored_interface(n), "{n}");
+        }
+        for n in ["eth0", "ens3", "enp0s25", "wlan0"] {
+            assert!(!ignored_interface(n), "{n}");
+        }
+    }
+}
