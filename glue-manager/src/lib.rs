@@ -11,5 +11,6 @@ pub mod identity;
 pub mod install;
 pub mod keys;
 pub mod memory;
+pub mod plan;
 pub mod ssh;
 pub mod status;

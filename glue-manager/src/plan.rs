@@ -1,0 +1,740 @@
+//! The planner: from what was observed, what remembered and what is under
+//! way, the actions to take. Pure: no I/O, no clock; every decision of a
+//! recovery is made here and tested by a table of scenarios.
+//!
+//! A recovery goes through phases, each idempotent (a restart re-plans from
+//! the persisted [`Recovery`] and what it sees):
+//! * rewrite: every node's agent is told to send traffic for each old
+//!   address to the proven new one, so the managers reach each other again;
+//! * re-address: once the swarm has a leader, one manager at a time, Docker is
+//!   made to record the manager's new address (the leader last);
+//! * clean up: once every recorded address is the current one, the agents are
+//!   told the empty set.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use glue_node_agent::protocol::Rewrite;
+use serde::{Deserialize, Serialize};
+
+use crate::memory::{Memory, Role};
+
+/// What the swarm says, as far as this manager's Docker can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// A leader answers; the raft address Docker records for each manager.
+    Healthy {
+        leader: String,
+        recorded: BTreeMap<String, Ipv4Addr>,
+    },
+    NoLeader,
+    DockerDown,
+}
+
+/// What an agent reported in a signed status, at the address it was reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSeen {
+    pub addr: Ipv4Addr,
+    pub generation: u64,
+    pub rewrites: Vec<Rewrite>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// Unix time, milliseconds.
+    pub now_ms: u64,
+    pub health: Health,
+    /// This host's usable IPv4 addresses (no docker0, bridges, veths).
+    pub local: Vec<Ipv4Addr>,
+    /// Other managers whose current address was proven (TLS, see identity).
+    pub proven: BTreeMap<String, Ipv4Addr>,
+    /// Agents that answered with a signed status, by node ID.
+    pub agents: BTreeMap<String, AgentSeen>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Idle,
+    Rewrite,
+    Readdress,
+    CleanUp,
+}
+
+/// A recovery under way; persisted, so a restart continues it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    pub phase: Phase,
+    /// Generation of the rewrite set the agents must have.
+    pub generation: u64,
+    /// Old address → current address, for every node that moved.
+    pub map: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    pub started_ms: Option<u64>,
+    pub quorum_ms: Option<u64>,
+    pub converged_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Tell the agent of `node` the complete set it must have.
+    SetRewrites {
+        node: String,
+        endpoint: SocketAddr,
+        generation: u64,
+        rewrites: Vec<Rewrite>,
+    },
+    /// Make Docker record `node`'s new raft address.
+    Readdress {
+        node: String,
+        from: Ipv4Addr,
+        to: Ipv4Addr,
+    },
+    /// One line of the recovery's timeline.
+    Timeline(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub next: Recovery,
+    /// This manager drives the recovery (the others watch and stand by).
+    pub coordinator: bool,
+}
+
+/// A node's remembered address: its raft address for a manager, its swarm
+/// address for a worker.
+pub fn remembered_addr(memory: &Memory, node: &str) -> Option<Ipv4Addr> {
+    let n = memory.nodes.get(node)?;
+    let host = match (&n.role, &n.manager_addr) {
+        (Role::Manager, Some(m)) => m.rsplit_once(':').map(|(h, _)| h).unwrap_or(m),
+        _ => n.addr.as_str(),
+    };
+    host.parse().ok()
+}
+
+/// Where every node is now, as far as known.
+pub fn current_addrs(obs: &Observation, memory: &Memory) -> BTreeMap<String, Ipv4Addr> {
+    let mut out = BTreeMap::new();
+    if let Some(me) = my_current(obs, memory) {
+        out.insert(memory.node_id.clone(), me);
+    }
+    for (id, n) in &memory.nodes {
+        if *id == memory.node_id {
+            continue;
+        }
+        let now = match n.role {
+            Role::Manager => obs.proven.get(id).copied(),
+            Role::Worker => obs.agents.get(id).map(|a| a.addr),
+        };
+        if let Some(a) = now {
+            out.insert(id.clone(), a);
+        }
+    }
+    out
+}
+
+/// This manager's address now: its remembered one if it still has it,
+/// otherwise its (lowest) usable local address.
+pub fn my_current(obs: &Observation, memory: &Memory) -> Option<Ipv4Addr> {
+    let old = remembered_addr(memory, &memory.node_id);
+    match old {
+        Some(o) if obs.local.contains(&o) => Some(o),
+        _ => obs.local.iter().min().copied(),
+    }
+}
+
+/// The rewrite set for one node: the whole map, except a rule for the node's
+/// own address (its traffic to itself must stay local).
+pub fn rewrites_for(map: &BTreeMap<Ipv4Addr, Ipv4Addr>, own: Option<Ipv4Addr>) -> Vec<Rewrite> {
+    map.iter()
+        .filter(|(from, _)| Some(**from) != own)
+        .map(|(from, to)| Rewrite {
+            from: *from,
+            to: *to,
+        })
+        .collect()
+}
+
+/// The manager that drives a recovery: the lowest node ID among the managers
+/// known to be up (this one and the proven ones).
+pub fn coordinator(obs: &Observation, memory: &Memory) -> String {
+    let mut up: BTreeSet<&str> = obs.proven.keys().map(String::as_str).collect();
+    up.insert(memory.node_id.as_str());
+    up.into_iter().next().unwrap_or_default().to_string()
+}
+
+fn fmt_map(map: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> String {
+    map.iter()
+        .map(|(a, b)| format!("{a}→{b}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16) -> Plan {
+    let mut next = rec.clone();
+    let mut actions = Vec::new();
+    let current = current_addrs(obs, memory);
+    let mut map = BTreeMap::new();
+    for (id, now) in &current {
+        if let Some(old) = remembered_addr(memory, id) {
+            if old != *now {
+                map.insert(old, *now);
+            }
+        }
+    }
+    let coordinator = coordinator(obs, memory) == memory.node_id;
+    let recorded_current = |recorded: &BTreeMap<String, Ipv4Addr>| {
+        memory
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.role == Role::Manager)
+            .all(|(id, _)| match (recorded.get(id), current.get(id)) {
+                (Some(r), Some(c)) => r == c,
+                // A manager that is not up now cannot be re-addressed; it
+                // keeps its entry and is re-addressed when it shows up.
+                (_, None) => true,
+                (None, Some(_)) => false,
+            })
+    };
+
+    // Detect: something moved and Docker does not know yet.
+    if next.phase == Phase::Idle && !map.is_empty() {
+        let stale = match &obs.health {
+            Health::Healthy { recorded, .. } => !recorded_current(recorded),
+            Health::NoLeader => true,
+            Health::DockerDown => false,
+        };
+        if stale {
+            next = Recovery {
+                phase: Phase::Rewrite,
+                started_ms: Some(obs.now_ms),
+                ..Recovery::default()
+            };
+            actions.push(Action::Timeline(format!(
+                "detected: nodes moved ({}); the swarm {}",
+                fmt_map(&map),
+                match obs.health {
+                    Health::NoLeader => "has no leader",
+                    _ => "records old addresses",
+                }
+            )));
+        }
+    }
+    if next.phase == Phase::Idle {
+        return Plan {
+            actions,
+            next,
+            coordinator,
+        };
+    }
+    // The map grows as peers are proven, and changes if they move again.
+    if matches!(next.phase, Phase::Rewrite | Phase::Readdress) && !map.is_empty() {
+        let mut merged = next.map.clone();
+        for (old, now) in &map {
+            merged.insert(*old, *now);
+        }
+        // A node seen back at its old address needs no rule any more.
+        merged.retain(|old, _| !current.values().any(|c| c == old) || map.contains_key(old));
+        if merged != next.map {
+            next.map = merged;
+            next.generation = (rec.generation + 1).max(obs.now_ms);
+            actions.push(Action::Timeline(format!(
+                "rewrite: generation {} for every node: {}",
+                next.generation,
+                fmt_map(&next.map)
+            )));
+        }
+    }
+    if let Health::Healthy { leader, recorded } = &obs.health {
+        if next.phase == Phase::Rewrite {
+            next.phase = Phase::Readdress;
+            next.quorum_ms = Some(obs.now_ms);
+            actions.push(Action::Timeline(format!(
+                "quorum: leader {leader} after {:.1}s",
+                (obs.now_ms - next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0
+            )));
+        }
+        if next.phase == Phase::Readdress {
+            if recorded_current(recorded) {
+                next.phase = Phase::CleanUp;
+                next.generation = (next.generation + 1).max(obs.now_ms);
+                next.map.clear();
+                actions.push(Action::Timeline(format!(
+                    "re-addressed: every manager's recorded address is its new one; clean-up with generation {}",
+                    next.generation
+                )));
+            } else if coordinator {
+                // One at a time; the leader last, so leadership moves once.
+                let mut todo: Vec<(&String, Ipv4Addr, Ipv4Addr)> = memory
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.role == Role::Manager)
+                    .filter_map(|(id, _)| match (recorded.get(id), current.get(id)) {
+                        (Some(r), Some(c)) if r != c => Some((id, *r, *c)),
+                        _ => None,
+                    })
+                    .collect();
+                todo.sort_by_key(|(id, _, _)| (*id == leader, (*id).clone()));
+                if let Some((id, from, to)) = todo.first() {
+                    actions.push(Action::Readdress {
+                        node: (*id).clone(),
+                        from: *from,
+                        to: *to,
+                    });
+                }
+            }
+        }
+    }
+    // Every agent must have its set of the current generation.
+    let wanted_map = if next.phase == Phase::CleanUp {
+        BTreeMap::new()
+    } else {
+        next.map.clone()
+    };
+    let mut all_clean = true;
+    for id in memory.nodes.keys() {
+        let own = current.get(id).copied();
+        let want = rewrites_for(&wanted_map, own);
+        let seen = obs.agents.get(id);
+        let done = seen.is_some_and(|a| a.generation >= next.generation && a.rewrites == want);
+        if !(done && want.is_empty()) {
+            all_clean = false;
+        }
+        if done || !coordinator {
+            continue;
+        }
+        if let Some(addr) = own {
+            actions.push(Action::SetRewrites {
+                node: id.clone(),
+                endpoint: SocketAddr::from((addr, agent_port)),
+                generation: next.generation,
+                rewrites: want,
+            });
+        }
+    }
+    if next.phase == Phase::CleanUp && all_clean {
+        next.phase = Phase::Idle;
+        next.converged_ms = Some(obs.now_ms);
+        actions.push(Action::Timeline(format!(
+            "converged: no rewrite left on any node, {:.1}s after the move was detected",
+            (obs.now_ms - next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0
+        )));
+    }
+    Plan {
+        actions,
+        next,
+        coordinator,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::NodeMemory;
+
+    const PORT: u16 = 7950;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("ip")
+    }
+
+    /// m1..m3 at 10.0.1.1-3, w1, w2 at 10.0.1.4-5; this manager is `me`.
+    fn memory(me: &str) -> Memory {
+        let mut m = Memory {
+            node_id: me.into(),
+            cluster_id: "c".into(),
+            ..Memory::default()
+        };
+        for (i, id) in ["m1", "m2", "m3", "w1", "w2"].iter().enumerate() {
+            let addr = format!("10.0.1.{}", i + 1);
+            let manager = id.starts_with('m');
+            m.nodes.insert(
+                id.to_string(),
+                NodeMemory {
+                    hostname: id.to_string(),
+                    role: if manager { Role::Manager } else { Role::Worker },
+                    availability: "active".into(),
+                    addr: addr.clone(),
+                    manager_addr: manager.then(|| format!("{addr}:2377")),
+                    arch: "x86_64".into(),
+                    agent: None,
+                },
+            );
+        }
+        m
+    }
+
+    fn obs(
+        local: &str,
+        proven: &[(&str, &str)],
+        agents: &[(&str, &str, u64, &[(&str, &str)])],
+        health: Health,
+    ) -> Observation {
+        Observation {
+            now_ms: 1_000_000,
+            health,
+            local: vec![ip(local)],
+            proven: proven.iter().map(|(n, a)| (n.to_string(), ip(a))).collect(),
+            agents: agents
+                .iter()
+                .map(|(n, a, g, rw)| {
+                    (
+                        n.to_string(),
+                        AgentSeen {
+                            addr: ip(a),
+                            generation: *g,
+                            rewrites: rw
+                                .iter()
+                                .map(|(f, t)| Rewrite {
+                                    from: ip(f),
+                                    to: ip(t),
+                                })
+                                .collect(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn pushes(p: &Plan) -> BTreeMap<String, Vec<(Ipv4Addr, Ipv4Addr)>> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetRewrites {
+                    node,
+                    rewrites,
+                    endpoint,
+                    ..
+                } => {
+                    assert_eq!(endpoint.port(), PORT);
+                    Some((
+                        node.clone(),
+                        rewrites.iter().map(|r| (r.from, r.to)).collect(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn healthy(leader: &str, recorded: &[(&str, &str)]) -> Health {
+        Health::Healthy {
+            leader: leader.into(),
+            recorded: recorded
+                .iter()
+                .map(|(n, a)| (n.to_string(), ip(a)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_healthy_swarm_that_did_not_move_needs_nothing() {
+        let o = obs(
+            "10.0.1.1",
+            &[("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+            &[],
+            healthy(
+                "m1",
+                &[("m1", "10.0.1.1"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+            ),
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        assert_eq!(p.next.phase, Phase::Idle);
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+    }
+
+    #[test]
+    fn all_managers_moved_every_known_node_gets_the_whole_map() {
+        let o = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            &[("w1", "10.0.2.5", 0, &[])],
+            Health::NoLeader,
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        assert!(p.coordinator);
+        assert_eq!(p.next.phase, Phase::Rewrite);
+        assert_eq!(p.next.map.len(), 4, "{:?}", p.next.map);
+        let pushed = pushes(&p);
+        assert_eq!(
+            pushed.keys().cloned().collect::<Vec<_>>(),
+            ["m1", "m2", "m3", "w1"],
+            "w2 is not found yet"
+        );
+        assert_eq!(
+            pushed["m2"].len(),
+            4,
+            "none of the old addresses is m2's own"
+        );
+        assert!(
+            matches!(&p.actions[0], Action::Timeline(t) if t.starts_with("detected: nodes moved"))
+        );
+    }
+
+    #[test]
+    fn only_the_moved_managers_are_in_the_map() {
+        let o = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+            &[],
+            Health::NoLeader,
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        assert_eq!(
+            p.next.map,
+            BTreeMap::from([(ip("10.0.1.1"), ip("10.0.2.9"))])
+        );
+    }
+
+    #[test]
+    fn a_manager_that_is_down_is_left_out_until_it_is_proven() {
+        let o = obs("10.0.2.9", &[("m2", "10.0.2.7")], &[], Health::NoLeader);
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        assert_eq!(p.next.map.len(), 2);
+        assert!(!pushes(&p).contains_key("m3"));
+        // m3 comes back, proven: a new generation with it.
+        let o2 = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            &[],
+            Health::NoLeader,
+        );
+        let p2 = plan(&o2, &memory("m1"), &p.next, PORT);
+        assert_eq!(p2.next.map.len(), 3);
+        assert!(p2.next.generation > p.next.generation);
+        assert!(pushes(&p2).contains_key("m3"));
+    }
+
+    #[test]
+    fn announcements_that_were_not_proven_change_nothing() {
+        // A rogue host announced itself as m2 at 10.0.2.66, but nothing proved
+        // it: the planner only ever sees proven addresses.
+        let o = obs(
+            "10.0.1.1",
+            &[("m3", "10.0.1.3")],
+            &[],
+            healthy(
+                "m1",
+                &[("m1", "10.0.1.1"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+            ),
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        assert_eq!(p.next.phase, Phase::Idle);
+        assert!(p.actions.is_empty());
+    }
+
+    #[test]
+    fn two_managers_that_swapped_addresses_get_rules_without_their_own_address() {
+        // m1 now has m2's old address and m2 has m1's.
+        let o = obs(
+            "10.0.1.2",
+            &[("m2", "10.0.1.1"), ("m3", "10.0.1.3")],
+            &[],
+            Health::NoLeader,
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        assert_eq!(
+            p.next.map,
+            BTreeMap::from([
+                (ip("10.0.1.1"), ip("10.0.1.2")),
+                (ip("10.0.1.2"), ip("10.0.1.1"))
+            ])
+        );
+        let pushed = pushes(&p);
+        assert_eq!(pushed["m1"], [(ip("10.0.1.1"), ip("10.0.1.2"))]);
+        assert_eq!(pushed["m2"], [(ip("10.0.1.2"), ip("10.0.1.1"))]);
+        assert_eq!(pushed["m3"].len(), 2);
+    }
+
+    #[test]
+    fn an_old_address_now_used_by_another_host_is_not_rewritten_on_that_host() {
+        // w1 now holds m1's old address.
+        let o = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+            &[("w1", "10.0.1.1", 0, &[])],
+            Health::NoLeader,
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        let pushed = pushes(&p);
+        assert!(
+            pushed["w1"].iter().all(|(from, _)| *from != ip("10.0.1.1")),
+            "{:?}",
+            pushed["w1"]
+        );
+        assert!(pushed["m2"].contains(&(ip("10.0.1.1"), ip("10.0.2.9"))));
+    }
+
+    #[test]
+    fn a_move_during_a_move_gets_a_new_generation_with_the_latest_addresses() {
+        let o = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            &[],
+            Health::NoLeader,
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        let mut o2 = obs(
+            "10.0.3.9",
+            &[("m2", "10.0.3.7"), ("m3", "10.0.3.8")],
+            &[],
+            Health::NoLeader,
+        );
+        o2.now_ms += 5_000;
+        let p2 = plan(&o2, &memory("m1"), &p.next, PORT);
+        assert!(p2.next.generation > p.next.generation);
+        assert_eq!(p2.next.map[&ip("10.0.1.1")], ip("10.0.3.9"));
+        assert_eq!(
+            p2.next.map.len(),
+            3,
+            "old → latest, nothing chained: {:?}",
+            p2.next.map
+        );
+    }
+
+    #[test]
+    fn only_the_coordinator_acts() {
+        let o = obs(
+            "10.0.2.8",
+            &[("m1", "10.0.2.9"), ("m2", "10.0.2.7")],
+            &[],
+            Health::NoLeader,
+        );
+        let p = plan(&o, &memory("m3"), &Recovery::default(), PORT);
+        assert!(!p.coordinator);
+        assert_eq!(p.next.phase, Phase::Rewrite);
+        assert!(pushes(&p).is_empty());
+    }
+
+    #[test]
+    fn an_agent_that_has_the_set_is_not_told_again() {
+        let o = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            &[],
+            Health::NoLeader,
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        let g = p.next.generation;
+        let set: Vec<(&str, &str)> = vec![
+            ("10.0.1.1", "10.0.2.9"),
+            ("10.0.1.2", "10.0.2.7"),
+            ("10.0.1.3", "10.0.2.8"),
+        ];
+        let o2 = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            &[("m2", "10.0.2.7", g, &set)],
+            Health::NoLeader,
+        );
+        let p2 = plan(&o2, &memory("m1"), &p.next, PORT);
+        let pushed = pushes(&p2);
+        assert!(!pushed.contains_key("m2") && pushed.contains_key("m3"));
+    }
+
+    #[test]
+    fn quorum_back_readdresses_one_manager_at_a_time_the_leader_last() {
+        let o = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            &[],
+            Health::NoLeader,
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        let mut o2 = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            &[],
+            healthy(
+                "m1",
+                &[("m1", "10.0.1.1"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+            ),
+        );
+        o2.now_ms += 300;
+        let p2 = plan(&o2, &memory("m1"), &p.next, PORT);
+        assert_eq!(p2.next.phase, Phase::Readdress);
+        assert_eq!(p2.next.quorum_ms, Some(o2.now_ms));
+        let re: Vec<&Action> = p2
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Readdress { .. }))
+            .collect();
+        assert_eq!(
+            re,
+            [&Action::Readdress {
+                node: "m2".into(),
+                from: ip("10.0.1.2"),
+                to: ip("10.0.2.7")
+            }]
+        );
+        // m2 and m3 done: now the leader.
+        let o3 = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            &[],
+            healthy(
+                "m1",
+                &[("m1", "10.0.1.1"), ("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            ),
+        );
+        let p3 = plan(&o3, &memory("m1"), &p2.next, PORT);
+        assert!(p3.actions.contains(&Action::Readdress {
+            node: "m1".into(),
+            from: ip("10.0.1.1"),
+            to: ip("10.0.2.9")
+        }));
+    }
+
+    #[test]
+    fn once_every_address_is_recorded_the_agents_are_emptied_and_the_recovery_ends() {
+        let rec = Recovery {
+            phase: Phase::Readdress,
+            generation: 5,
+            map: BTreeMap::from([(ip("10.0.1.1"), ip("10.0.2.9"))]),
+            started_ms: Some(990_000),
+            quorum_ms: Some(995_000),
+            converged_ms: None,
+        };
+        let h = healthy(
+            "m2",
+            &[("m1", "10.0.2.9"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+        );
+        let o = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+            &[],
+            h.clone(),
+        );
+        let p = plan(&o, &memory("m1"), &rec, PORT);
+        assert_eq!(p.next.phase, Phase::CleanUp);
+        let pushed = pushes(&p);
+        assert!(
+            pushed.values().all(Vec::is_empty) && pushed.len() == 3,
+            "{pushed:?}"
+        );
+        let g = p.next.generation;
+        let empty: &[(&str, &str)] = &[];
+        let agents: Vec<(&str, &str, u64, &[(&str, &str)])> = vec![
+            ("m1", "10.0.2.9", g, empty),
+            ("m2", "10.0.1.2", g, empty),
+            ("m3", "10.0.1.3", g, empty),
+            ("w1", "10.0.1.4", g, empty),
+            ("w2", "10.0.1.5", g, empty),
+        ];
+        let o2 = obs(
+            "10.0.2.9",
+            &[("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+            &agents,
+            h,
+        );
+        let p2 = plan(&o2, &memory("m1"), &p.next, PORT);
+        assert_eq!(p2.next.phase, Phase::Idle);
+        assert_eq!(p2.next.converged_ms, Some(o2.now_ms));
+        assert!(p2
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Timeline(t) if t.starts_with("converged"))));
+    }
+}
