@@ -335,6 +335,9 @@ mod tests {
 
     const PORT: u16 = 7950;
 
+    /// (node, address, generation, rewrites) of an agent that answered.
+    type Seen<'a> = (&'a str, &'a str, u64, &'a [(&'a str, &'a str)]);
+
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().expect("ip")
     }
@@ -368,7 +371,7 @@ mod tests {
     fn obs(
         local: &str,
         proven: &[(&str, &str)],
-        agents: &[(&str, &str, u64, &[(&str, &str)])],
+        agents: &[Seen<'_>],
         health: Health,
     ) -> Observation {
         Observation {
@@ -716,7 +719,7 @@ mod tests {
         );
         let g = p.next.generation;
         let empty: &[(&str, &str)] = &[];
-        let agents: Vec<(&str, &str, u64, &[(&str, &str)])> = vec![
+        let agents: Vec<Seen<'_>> = vec![
             ("m1", "10.0.2.9", g, empty),
             ("m2", "10.0.1.2", g, empty),
             ("m3", "10.0.1.3", g, empty),
