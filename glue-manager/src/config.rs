@@ -134,6 +134,9 @@ impl Config {
     pub fn status_path(&self) -> PathBuf {
         self.state_dir.join("status.json")
     }
+    pub fn recovery_path(&self) -> PathBuf {
+        self.state_dir.join("recovery.json")
+    }
     pub fn seq_path(&self) -> PathBuf {
         self.state_dir.join("seq")
     }

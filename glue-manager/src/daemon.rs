@@ -15,11 +15,16 @@ use crate::docker::{DockerApi, Snapshot};
 use crate::enrol::{self, Ctx, Done, Failure, Job};
 use crate::keys::{self, Sequence};
 use crate::memory::{self, ManagerKeys, Memory, MemoryStore, NodeMemory, PinnedAgent, Role};
+use crate::plan::Health;
+use crate::recovery::Recoverer;
 use crate::ssh::Ssh;
 use crate::status::{NodeState, StatusReport};
 
-/// Longest a look at Docker may take (the watchdog allows 30 s).
+/// Longest a look at Docker, or a round of recovery, may take.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often discovery and (when something is off) recovery look again.
+const RECOVERY_ROUND: Duration = Duration::from_secs(2);
 
 /// Nodes enrolled at the same time.
 const PARALLEL_ENROLMENTS: usize = 4;
@@ -49,7 +54,12 @@ pub struct Daemon {
     report: StatusReport,
     written_report: Option<StatusReport>,
     signing: glue_node_agent::protocol::SigningKey,
-    seq: Option<Sequence>,
+    seq: Arc<Sequence>,
+    recoverer: Recoverer,
+    /// What the last look at Docker said, for the recovery.
+    health: Health,
+    /// The last round of recovery work could not reach Avahi (said once).
+    avahi_down: bool,
     ssh: Ssh,
     ssh_pub: String,
     docker: Option<DockerApi>,
@@ -130,7 +140,10 @@ impl Daemon {
             report,
             written_report: None,
             signing,
-            seq: Some(seq),
+            seq: Arc::new(seq),
+            recoverer: Recoverer::new(cfg.recovery_path(), cfg.agent_port),
+            health: Health::DockerDown,
+            avahi_down: false,
             ssh,
             ssh_pub,
             docker: None,
@@ -149,17 +162,32 @@ impl Daemon {
 
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut watchdog = tokio::time::interval(Duration::from_secs(5));
+        // The watchdog is fed while the loop comes round; a round is bounded
+        // by two LOOK_TIMEOUTs, so a loop silent for longer is stuck.
+        let alive = Arc::new(std::sync::atomic::AtomicU64::new(unix_now()));
+        let seen = alive.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                let last = seen.load(std::sync::atomic::Ordering::Relaxed);
+                if unix_now().saturating_sub(last) <= 3 * LOOK_TIMEOUT.as_secs() {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        });
         let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.tick_interval_s));
+        let mut recover_tick = tokio::time::interval(RECOVERY_ROUND);
+        recover_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.set_state("waiting for Docker".into());
         loop {
             let due = self.next_due();
             let mut look = false;
+            let mut recover = false;
             tokio::select! {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
-                _ = watchdog.tick() => notify(&[sd_notify::NotifyState::Watchdog]),
                 _ = tick.tick() => look = true,
                 _ = tokio::time::sleep(due) => look = true,
                 ev = next_event(&mut self.events) => match ev {
@@ -167,21 +195,42 @@ impl Daemon {
                     Some(Err(e)) => self.lost_docker(format!("event stream: {e}")),
                     None => self.lost_docker("event stream ended (dockerd restarted?)".into()),
                 },
+                _ = recover_tick.tick() => recover = true,
+                Some(heard) = self.recoverer.heard_rx.recv() => {
+                    self.recoverer.heard(&self.memory, heard);
+                    recover = true;
+                }
                 Some((node, result)) = self.results.1.recv() => {
                     self.finished(node, result);
                     look = true;
                 }
             }
-            // A hung dockerd must not starve the watchdog: a look that takes
-            // this long counts as Docker lost, and the next one reconnects.
+            // Every call is bounded: a swarm without quorum can leave writes
+            // hanging; that says the swarm is stuck, not that Docker is gone.
             if look
                 && tokio::time::timeout(LOOK_TIMEOUT, self.look())
                     .await
                     .is_err()
             {
-                self.lost_docker(format!("no answer within {}s", LOOK_TIMEOUT.as_secs()));
+                self.health = Health::NoLeader;
+                self.set_state(format!(
+                    "the swarm did not answer within {}s",
+                    LOOK_TIMEOUT.as_secs()
+                ));
+            }
+            alive.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+            if recover
+                && tokio::time::timeout(LOOK_TIMEOUT, self.recover())
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(
+                    "a recovery round took longer than {}s",
+                    LOOK_TIMEOUT.as_secs()
+                );
             }
             self.write_report();
+            alive.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
         }
         notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("stopping; agents keep what they have in force");
@@ -217,12 +266,51 @@ impl Daemon {
         self.report.push_error(unix_now(), message);
     }
 
+    /// Discovery, and recovery when something is off.
+    async fn recover(&mut self) {
+        if self.memory.cluster_id.is_empty() {
+            return;
+        }
+        match self.recoverer.discover(&self.memory).await {
+            Ok(()) => self.avahi_down = false,
+            Err(e) => {
+                self.recoverer.avahi_lost();
+                if !self.avahi_down {
+                    self.error(format!(
+                        "mDNS discovery unavailable (is avahi-daemon running?): {e}"
+                    ));
+                    self.avahi_down = true;
+                }
+            }
+        }
+        let mut health = self.health.clone();
+        if matches!(health, Health::Healthy { .. }) && self.recoverer.quorum_in_doubt(&self.memory)
+        {
+            let committed = match &self.docker {
+                Some(d) => d.quorum(&self.memory.node_id).await,
+                None => false,
+            };
+            if !committed {
+                health = Health::NoLeader;
+            }
+        }
+        let lines = self
+            .recoverer
+            .step(&self.memory, health, &self.signing, &self.seq)
+            .await;
+        if !lines.is_empty() || self.recoverer.phase() != crate::plan::Phase::Idle {
+            self.set_state(format!("recovery: {:?}", self.recoverer.phase()).to_lowercase());
+        }
+        self.report.recovery = self.recoverer.file.clone();
+    }
+
     fn lost_docker(&mut self, why: String) {
         if self.docker.take().is_some() {
             self.error(format!("lost Docker: {why}"));
         }
         self.events = None;
         self.ctx = None;
+        self.health = Health::DockerDown;
         self.registered = false;
     }
 
@@ -260,6 +348,7 @@ impl Daemon {
             Ok(s) => s,
             Err(e) => return self.lost_docker(e.to_string()),
         };
+        self.health = health_of(&snap);
         if snap.local_state != "active" {
             return self.set_state(format!(
                 "this node is not part of a swarm (state {:?}); waiting",
@@ -347,15 +436,11 @@ impl Daemon {
     }
 
     fn make_ctx(&mut self, docker: DockerApi, manager_id: &str) -> Result<Ctx, String> {
-        let seq = match self.seq.take() {
-            Some(s) => s,
-            None => Sequence::open(&self.cfg.seq_path()).map_err(|e| e.to_string())?,
-        };
         Ok(Ctx {
             manager_id: manager_id.to_string(),
             signing: glue_node_agent::protocol::SigningKey::from_pkcs8(self.signing.pkcs8())
                 .map_err(|e| e.to_string())?,
-            seq,
+            seq: self.seq.clone(),
             ssh: self.ssh.clone(),
             docker,
             agent_port: self.cfg.agent_port,
@@ -559,4 +644,24 @@ async fn next_event(
         Some(s) => s.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// The swarm's health as the recovery sees it.
+fn health_of(snap: &Snapshot) -> Health {
+    if !snap.control_available || snap.nodes.is_empty() {
+        return Health::NoLeader;
+    }
+    let leader = snap.nodes.iter().find(|n| n.leader).map(|n| n.id.clone());
+    let Some(leader) = leader else {
+        return Health::NoLeader;
+    };
+    let recorded = snap
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let host = n.manager_addr.as_deref()?.rsplit_once(':')?.0;
+            Some((n.id.clone(), host.parse().ok()?))
+        })
+        .collect();
+    Health::Healthy { leader, recorded }
 }

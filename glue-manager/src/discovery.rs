@@ -26,6 +26,24 @@ const PROTO_INET: i32 = 0;
 trait Server {
     fn get_version_string(&self) -> zbus::Result<String>;
     fn entry_group_new(&self) -> zbus::Result<OwnedObjectPath>;
+    fn resolve_host_name(
+        &self,
+        interface: i32,
+        protocol: i32,
+        name: &str,
+        aprotocol: i32,
+        flags: u32,
+    ) -> zbus::Result<(i32, i32, String, i32, String, u32)>;
+    fn get_network_interface_name_by_index(&self, index: i32) -> zbus::Result<String>;
+}
+
+/// Avahi 0.8's race-free calls live on a second interface of the server.
+#[zbus::proxy(
+    interface = "org.freedesktop.Avahi.Server2",
+    default_service = "org.freedesktop.Avahi",
+    default_path = "/"
+)]
+trait Server2 {
     fn service_browser_prepare(
         &self,
         interface: i32,
@@ -45,15 +63,6 @@ trait Server {
         aprotocol: i32,
         flags: u32,
     ) -> zbus::Result<OwnedObjectPath>;
-    fn resolve_host_name(
-        &self,
-        interface: i32,
-        protocol: i32,
-        name: &str,
-        aprotocol: i32,
-        flags: u32,
-    ) -> zbus::Result<(i32, i32, String, i32, String, u32)>;
-    fn get_network_interface_name_by_index(&self, index: i32) -> zbus::Result<String>;
 }
 
 #[zbus::proxy(
@@ -89,6 +98,16 @@ trait ServiceBrowser {
     fn start(&self) -> zbus::Result<()>;
     #[zbus(signal)]
     fn item_new(
+        &self,
+        interface: i32,
+        protocol: i32,
+        name: &str,
+        type_: &str,
+        domain: &str,
+        flags: u32,
+    ) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn item_remove(
         &self,
         interface: i32,
         protocol: i32,
@@ -144,6 +163,18 @@ pub struct Heard {
     pub sender: IpAddr,
     /// The local interface it was heard on.
     pub interface: String,
+    /// The DNS-SD instance name it was published under.
+    pub service: String,
+}
+
+/// What browsing reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Heard(Heard),
+    /// The service of that name went away (its host withdrew it or left).
+    Removed(String),
+    /// An announcement that could not be read or resolved, and why.
+    Unreadable(String),
 }
 
 impl Announcement {
@@ -228,6 +259,7 @@ pub enum DiscoveryError {
 pub struct Avahi {
     conn: zbus::Connection,
     server: ServerProxy<'static>,
+    server2: Server2Proxy<'static>,
 }
 
 /// What a published service reports.
@@ -243,9 +275,14 @@ impl Avahi {
     pub async fn connect() -> Result<Avahi, DiscoveryError> {
         let conn = zbus::Connection::system().await?;
         let server = ServerProxy::new(&conn).await?;
+        let server2 = Server2Proxy::new(&conn).await?;
         let version = server.get_version_string().await?;
         tracing::debug!("Avahi {version}");
-        Ok(Avahi { conn, server })
+        Ok(Avahi {
+            conn,
+            server,
+            server2,
+        })
     }
 
     pub fn connection(&self) -> &zbus::Connection {
@@ -309,12 +346,9 @@ impl Avahi {
 
     /// Browses for swarm-glue managers; every resolved announcement (or the
     /// reason one could not be read) goes to `tx`.
-    pub async fn browse(
-        &self,
-        tx: mpsc::Sender<Result<Heard, String>>,
-    ) -> Result<(), DiscoveryError> {
+    pub async fn browse(&self, tx: mpsc::Sender<Event>) -> Result<(), DiscoveryError> {
         let path = self
-            .server
+            .server2
             .service_browser_prepare(IF_UNSPEC, PROTO_INET, SERVICE_TYPE, "", 0)
             .await?;
         let browser = ServiceBrowserProxy::builder(&self.conn)
@@ -322,18 +356,34 @@ impl Avahi {
             .build()
             .await?;
         let mut items = browser.receive_item_new().await?;
+        let mut removed = browser.receive_item_remove().await?;
         browser.start().await?;
+        let gone = tx.clone();
+        tokio::spawn(async move {
+            while let Some(sig) = removed.next().await {
+                if let Ok(a) = sig.args() {
+                    if gone.send(Event::Removed(a.name.to_string())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
         let conn = self.conn.clone();
         let server = self.server.clone();
+        let server2 = self.server2.clone();
         tokio::spawn(async move {
             let _browser = browser;
             while let Some(sig) = items.next().await {
                 let Ok(a) = sig.args() else { continue };
                 let (iface, name) = (a.interface, a.name.to_string());
-                let (conn, server, tx) = (conn.clone(), server.clone(), tx.clone());
+                let (conn, server, server2, tx) =
+                    (conn.clone(), server.clone(), server2.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let heard = resolve(&conn, &server, iface, &name).await;
-                    let _ = tx.send(heard).await;
+                    let event = match resolve(&conn, &server, &server2, iface, &name).await {
+                        Ok(h) => Event::Heard(h),
+                        Err(e) => Event::Unreadable(e),
+                    };
+                    let _ = tx.send(event).await;
                 });
             }
         });
@@ -360,11 +410,12 @@ impl Avahi {
 async fn resolve(
     conn: &zbus::Connection,
     server: &ServerProxy<'static>,
+    server2: &Server2Proxy<'static>,
     iface: i32,
     name: &str,
 ) -> Result<Heard, String> {
     let fail = |e: zbus::Error| format!("resolving {name:?}: {e}");
-    let path = server
+    let path = server2
         .service_resolver_prepare(
             iface,
             PROTO_INET,
@@ -394,7 +445,7 @@ async fn resolve(
                 .await
                 .unwrap_or_default();
             Announcement::parse(&a.txt)
-                .map(|announcement| Heard { announcement, sender, interface })
+                .map(|announcement| Heard { announcement, sender, interface, service: name.to_string() })
                 .map_err(|e| format!("announcement {name:?} from {sender}: {e}"))
         }
         Some(sig) = failed.next() => Err(format!(

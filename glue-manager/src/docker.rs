@@ -146,19 +146,34 @@ impl DockerApi {
         }
         // A manager whose swarm has no leader still says control_available;
         // these calls then fail and the snapshot says so.
-        match self.docker.list_nodes(None::<ListNodesOptions>).await {
-            Ok(nodes) => snap.nodes = nodes.into_iter().filter_map(node_view).collect(),
-            Err(e) => {
+        // Without a leader the call may hang until raft gives up.
+        let nodes = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.docker.list_nodes(None::<ListNodesOptions>),
+        )
+        .await;
+        match nodes {
+            Ok(Ok(nodes)) => snap.nodes = nodes.into_iter().filter_map(node_view).collect(),
+            Ok(Err(e)) => {
                 snap.control_available = false;
                 snap.error = format!("listing nodes: {e}");
                 return Ok(snap);
             }
+            Err(_) => {
+                snap.control_available = false;
+                snap.error = "listing nodes: no answer within 5s".into();
+                return Ok(snap);
+            }
         }
-        let swarm = self
-            .docker
-            .inspect_swarm()
-            .await
-            .map_err(call("inspecting the swarm"))?;
+        let swarm =
+            match tokio::time::timeout(Duration::from_secs(5), self.docker.inspect_swarm()).await {
+                Ok(r) => r.map_err(call("inspecting the swarm"))?,
+                Err(_) => {
+                    snap.control_available = false;
+                    snap.error = "inspecting the swarm: no answer within 5s".into();
+                    return Ok(snap);
+                }
+            };
         snap.root_ca_pem = swarm
             .tls_info
             .and_then(|t| t.trust_root)
@@ -351,6 +366,30 @@ impl DockerApi {
             }
         }
         Ok(n)
+    }
+
+    /// Whether the swarm can commit a write now: a leader that lost its
+    /// followers still answers reads (and calls itself leader) for a while,
+    /// but cannot commit. Creates and removes a marker secret.
+    pub async fn quorum(&self, node_id: &str) -> bool {
+        let name = format!("swarm-glue-quorum-{}", short(node_id));
+        let labels = HashMap::from([(LABEL_KIND.to_string(), "quorum-probe".to_string())]);
+        let write = async {
+            let id = match self.create_secret(&name, labels).await {
+                Ok(Some(id)) => id,
+                Ok(None) => {
+                    // Left by an earlier probe: removing it is a write too.
+                    let left = self.secrets_named(&name).await.ok()?;
+                    left.into_iter().find_map(|s| s.id)?
+                }
+                Err(_) => return None,
+            };
+            self.docker.delete_secret(&id).await.ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), write).await,
+            Ok(Some(()))
+        )
     }
 
     pub async fn unlock(&self, lease: Lease) -> Result<(), DockerError> {

@@ -24,7 +24,7 @@ use crate::status::NodeState;
 pub struct Ctx {
     pub manager_id: String,
     pub signing: SigningKey,
-    pub seq: Sequence,
+    pub seq: Arc<Sequence>,
     pub ssh: Ssh,
     pub docker: DockerApi,
     pub agent_port: u16,

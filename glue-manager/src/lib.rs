@@ -12,5 +12,6 @@ pub mod install;
 pub mod keys;
 pub mod memory;
 pub mod plan;
+pub mod recovery;
 pub mod ssh;
 pub mod status;

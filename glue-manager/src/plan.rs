@@ -98,7 +98,7 @@ pub enum Action {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub next: Recovery,
-    /// This manager drives the recovery (the others watch and stand by).
+    /// This manager re-addresses (every manager tells agents the rewrites).
     pub coordinator: bool,
 }
 
@@ -156,8 +156,10 @@ pub fn rewrites_for(map: &BTreeMap<Ipv4Addr, Ipv4Addr>, own: Option<Ipv4Addr>) -
         .collect()
 }
 
-/// The manager that drives a recovery: the lowest node ID among the managers
-/// known to be up (this one and the proven ones).
+/// The manager that re-addresses: the lowest node ID among the managers
+/// known to be up (this one and the proven ones). Rewrites need no such
+/// choice: every manager tells every agent, and what one manager proved
+/// reaches the others through the agents' sets.
 pub fn coordinator(obs: &Observation, memory: &Memory) -> String {
     let mut up: BTreeSet<&str> = obs.proven.keys().map(String::as_str).collect();
     up.insert(memory.node_id.as_str());
@@ -183,6 +185,16 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             }
         }
     }
+    // What other managers proved reaches us through the agents they told:
+    // a rule for an address this manager knows nothing about is taken over.
+    for seen in obs.agents.values() {
+        for r in &seen.rewrites {
+            if !map.contains_key(&r.from) && !current.values().any(|c| *c == r.from) {
+                map.insert(r.from, r.to);
+            }
+        }
+    }
+    let newest_seen = obs.agents.values().map(|a| a.generation).max().unwrap_or(0);
     let coordinator = coordinator(obs, memory) == memory.node_id;
     let recorded_current = |recorded: &BTreeMap<String, Ipv4Addr>| {
         memory
@@ -238,7 +250,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         merged.retain(|old, _| !current.values().any(|c| c == old) || map.contains_key(old));
         if merged != next.map {
             next.map = merged;
-            next.generation = (rec.generation + 1).max(obs.now_ms);
+            next.generation = (rec.generation.max(newest_seen) + 1).max(obs.now_ms);
             actions.push(Action::Timeline(format!(
                 "rewrite: generation {} for every node: {}",
                 next.generation,
@@ -297,18 +309,20 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         let own = current.get(id).copied();
         let want = rewrites_for(&wanted_map, own);
         let seen = obs.agents.get(id);
-        let done = seen.is_some_and(|a| a.generation >= next.generation && a.rewrites == want);
+        // The same set under another manager's generation is just as good.
+        let done = seen.is_some_and(|a| a.rewrites == want);
         if !(done && want.is_empty()) {
             all_clean = false;
         }
-        if done || !coordinator {
+        if done {
             continue;
         }
         if let Some(addr) = own {
             actions.push(Action::SetRewrites {
                 node: id.clone(),
                 endpoint: SocketAddr::from((addr, agent_port)),
-                generation: next.generation,
+                // An agent takes only a newer generation than it has.
+                generation: next.generation.max(seen.map_or(0, |a| a.generation + 1)),
                 rewrites: want,
             });
         }
@@ -598,17 +612,28 @@ mod tests {
     }
 
     #[test]
-    fn only_the_coordinator_acts() {
+    fn every_manager_tells_the_agents_and_takes_over_what_others_proved() {
+        // m3 proved nothing about m2, but an agent already has m2's rule from m1,
+        // under a newer generation than m3 would pick.
+        let seen: &[(&str, &str)] = &[("10.0.1.2", "10.0.2.7")];
         let o = obs(
             "10.0.2.8",
-            &[("m1", "10.0.2.9"), ("m2", "10.0.2.7")],
-            &[],
+            &[("m1", "10.0.2.9")],
+            &[("w1", "10.0.1.4", 9_000_000, seen)],
             Health::NoLeader,
         );
         let p = plan(&o, &memory("m3"), &Recovery::default(), PORT);
         assert!(!p.coordinator);
         assert_eq!(p.next.phase, Phase::Rewrite);
-        assert!(pushes(&p).is_empty());
+        assert_eq!(p.next.map[&ip("10.0.1.2")], ip("10.0.2.7"));
+        assert!(p.next.generation > 9_000_000);
+        let w1 = p.actions.iter().find_map(|a| match a {
+            Action::SetRewrites {
+                node, generation, ..
+            } if node == "w1" => Some(*generation),
+            _ => None,
+        });
+        assert!(w1.is_some_and(|g| g > 9_000_000), "{w1:?}");
     }
 
     #[test]

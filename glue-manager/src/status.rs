@@ -23,6 +23,9 @@ pub struct StatusReport {
     /// Registered glue-managers (node IDs) whose keys every agent must trust.
     pub managers: Vec<String>,
     pub nodes: BTreeMap<String, NodeReport>,
+    /// The current or last recovery: phase, timings and timeline.
+    #[serde(default)]
+    pub recovery: crate::recovery::RecoveryFile,
     /// The latest errors, newest last: (unix time, message).
     pub errors: VecDeque<(u64, String)>,
     pub updated_at: u64,

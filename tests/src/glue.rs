@@ -92,12 +92,14 @@ pub fn install_manager(lab: &Lab, node: &str, bins: &Binaries, config: &str) -> 
     Ok(())
 }
 
+/// Enables and (re)starts glue-manager: a running one picks up a new binary.
 pub fn start_manager(lab: &Lab, node: &str) -> Result<()> {
     lab.exec(
         node,
-        &["systemctl", "enable", "--now", "glue-manager.service"],
-    )
-    .map(|_| ())
+        &["systemctl", "enable", "--quiet", "glue-manager.service"],
+    )?;
+    lab.exec(node, &["systemctl", "restart", "glue-manager.service"])
+        .map(|_| ())
 }
 
 /// The manager's report (`glue-manager status --json`); `None` before its first.

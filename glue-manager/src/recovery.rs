@@ -1,0 +1,521 @@
+//! Carrying out a recovery: observe (local addresses, Docker, proven peers,
+//! agents), plan (see [`crate::plan`]), act (signed rewrite sets to agents),
+//! and keep the timeline. Discovery runs all the time; the rest only when
+//! something is off, so a healthy swarm costs nothing.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use glue_node_agent::protocol::{CommandBody, SigningKey};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::agent_client::{self, Issuer};
+use crate::discovery::{ignored_interface, Announcement, Avahi, Event, Heard, Published};
+use crate::identity;
+use crate::keys::Sequence;
+use crate::memory::{Memory, Role};
+use crate::plan::{self, Action, AgentSeen, Health, Observation, Phase, Recovery};
+
+const PROOF_TIMEOUT: Duration = Duration::from_secs(3);
+const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
+const RAFT_PORT: u16 = 2377;
+
+/// This host's usable IPv4 addresses (no loopback, Docker or bridge ones).
+pub fn local_addrs() -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter(|i| !ignored_interface(&i.interface_name))
+                .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())))
+                .filter(|a| !a.is_loopback() && !a.is_link_local())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Persisted progress and the timeline of the last recovery.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryFile {
+    pub recovery: Recovery,
+    /// (unix ms, line) of the current or last recovery.
+    pub timeline: Vec<(u64, String)>,
+}
+
+pub struct Recoverer {
+    path: PathBuf,
+    pub file: RecoveryFile,
+    avahi: Option<Avahi>,
+    published: Option<(Announcement, zbus::zvariant::OwnedObjectPath)>,
+    publish_events: Option<mpsc::Receiver<Published>>,
+    name_suffix: u32,
+    heard_tx: mpsc::Sender<Event>,
+    pub heard_rx: mpsc::Receiver<Event>,
+    heard: BTreeMap<String, Heard>,
+    proven: BTreeMap<String, Ipv4Addr>,
+    agent_port: u16,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Recoverer {
+    pub fn new(path: PathBuf, agent_port: u16) -> Recoverer {
+        let file = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let (heard_tx, heard_rx) = mpsc::channel(64);
+        Recoverer {
+            path,
+            file,
+            avahi: None,
+            published: None,
+            publish_events: None,
+            name_suffix: 0,
+            heard_tx,
+            heard_rx,
+            heard: BTreeMap::new(),
+            proven: BTreeMap::new(),
+            agent_port,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.file.recovery.phase
+    }
+
+    /// Connects to Avahi, publishes this manager and browses for the others.
+    /// Called again after a failure (Avahi restarted): publishes anew.
+    pub async fn discover(&mut self, memory: &Memory) -> Result<(), String> {
+        if memory.cluster_id.is_empty() {
+            return Ok(());
+        }
+        if self.avahi.is_none() {
+            let avahi = Avahi::connect().await.map_err(|e| e.to_string())?;
+            avahi
+                .browse(self.heard_tx.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            self.avahi = Some(avahi);
+            self.published = None;
+        }
+        if let Some(rx) = &mut self.publish_events {
+            while let Ok(ev) = rx.try_recv() {
+                match ev {
+                    Published::Established => {}
+                    Published::Collision => {
+                        self.name_suffix += 1;
+                        tracing::warn!("the mDNS name of this manager collides with another host's; publishing under another");
+                        self.published = None;
+                    }
+                    Published::Failed(e) => {
+                        tracing::warn!("publishing over mDNS failed ({e}); publishing again");
+                        self.published = None;
+                    }
+                }
+            }
+        }
+        let ann = Announcement {
+            cluster: memory.cluster_id.clone(),
+            node: memory.node_id.clone(),
+            addrs: local_addrs(),
+            agent_port: self.agent_port,
+        };
+        if ann.addrs.is_empty() || self.published.as_ref().map(|(a, _)| a) == Some(&ann) {
+            return Ok(());
+        }
+        let Some(avahi) = &self.avahi else {
+            return Ok(());
+        };
+        if let Some((_, path)) = self.published.take() {
+            let _ = avahi.withdraw(path).await;
+        }
+        let mut name = format!("swarm-glue {}", crate::docker::short(&memory.node_id));
+        if self.name_suffix > 0 {
+            name.push_str(&format!(" #{}", self.name_suffix + 1));
+        }
+        match avahi.publish(&name, &ann).await {
+            Ok((path, events)) => {
+                tracing::info!(
+                    "announcing this manager over mDNS at {}",
+                    ann.addrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                self.published = Some((ann, path));
+                self.publish_events = Some(events);
+                Ok(())
+            }
+            Err(e) => {
+                self.avahi = None;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Avahi went away (restarted): start over at the next [`Self::discover`].
+    pub fn avahi_lost(&mut self) {
+        self.avahi = None;
+        self.published = None;
+        self.publish_events = None;
+    }
+
+    /// Whether a swarm that answers must also prove it can commit (see
+    /// [`crate::docker::DockerApi::quorum`]): when this host or a peer moved,
+    /// or while rewrites are going out.
+    pub fn quorum_in_doubt(&self, memory: &Memory) -> bool {
+        let local = local_addrs();
+        let mine_moved =
+            plan::remembered_addr(memory, &memory.node_id).is_some_and(|a| !local.contains(&a));
+        self.file.recovery.phase == Phase::Rewrite || mine_moved || self.peers_moved(memory)
+    }
+
+    fn peers_moved(&self, memory: &Memory) -> bool {
+        self.heard.iter().any(|(node, h)| {
+            plan::remembered_addr(memory, node)
+                .is_some_and(|old| !h.announcement.addrs.contains(&old))
+        })
+    }
+
+    /// Takes in an announcement: a hint about a remembered manager.
+    pub fn heard(&mut self, memory: &Memory, event: Event) {
+        let h = match event {
+            Event::Heard(h) => h,
+            Event::Unreadable(e) => {
+                return tracing::debug!("an mDNS announcement could not be read: {e}")
+            }
+            Event::Removed(service) => {
+                let proven = &mut self.proven;
+                self.heard.retain(|node, h| {
+                    let keep = h.service != service;
+                    if !keep {
+                        proven.remove(node);
+                    }
+                    keep
+                });
+                return;
+            }
+        };
+        let a = &h.announcement;
+        if a.node == memory.node_id || ignored_interface(&h.interface) {
+            return;
+        }
+        if a.cluster != memory.cluster_id {
+            return tracing::debug!(
+                "announcement of another swarm ({}) from {}",
+                a.cluster,
+                h.sender
+            );
+        }
+        let known_manager = memory
+            .nodes
+            .get(&a.node)
+            .is_some_and(|n| n.role == Role::Manager);
+        if !known_manager {
+            return tracing::warn!(
+                "ignored an announcement from {} claiming to be manager {}: no such manager is remembered",
+                h.sender,
+                a.node
+            );
+        }
+        if self.heard.get(&a.node) != Some(&h) {
+            tracing::info!(
+                "heard manager {} at {} (from {} on {}); to be proven",
+                crate::docker::short(&a.node),
+                a.addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                h.sender,
+                h.interface
+            );
+            // A new claim must be proven again.
+            self.proven.remove(&a.node);
+            self.heard.insert(a.node.clone(), h);
+        }
+    }
+
+    /// Proves every heard but unproven claim: TLS on ADDR:2377 with a
+    /// certificate for that node ID and cluster, from the remembered root CA.
+    ///
+    /// An address this host rewrites proves nothing: the handshake would go
+    /// to wherever the rewrite points.
+    async fn prove(&mut self, memory: &Memory, rewritten: &[Ipv4Addr]) {
+        let todo: Vec<(String, Ipv4Addr, IpAddr)> = self
+            .heard
+            .iter()
+            .filter(|(node, _)| !self.proven.contains_key(*node))
+            .flat_map(|(node, h)| {
+                h.announcement
+                    .addrs
+                    .iter()
+                    .filter(|a| !rewritten.contains(a))
+                    .map(move |a| (node.clone(), *a, h.sender))
+            })
+            .collect();
+        let proofs = join_all(todo.iter().map(|(node, addr, _)| {
+            let exp = identity::Expected {
+                root_ca_pem: memory.root_ca_pem.clone(),
+                cluster: memory.cluster_id.clone(),
+                node: node.clone(),
+            };
+            async move {
+                identity::prove_manager(SocketAddr::from((*addr, RAFT_PORT)), &exp, PROOF_TIMEOUT)
+                    .await
+            }
+        }))
+        .await;
+        for ((node, addr, sender), proof) in todo.into_iter().zip(proofs) {
+            match proof {
+                Ok(_) => {
+                    if self.proven.insert(node.clone(), addr) != Some(addr) {
+                        tracing::info!(
+                            "proven: manager {} is at {addr}",
+                            crate::docker::short(&node)
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("announcement from {sender} not accepted: {e}"),
+            }
+        }
+    }
+
+    /// One round: observe, plan, act. Returns the timeline lines it added.
+    pub async fn step(
+        &mut self,
+        memory: &Memory,
+        health: Health,
+        signing: &SigningKey,
+        seq: &Sequence,
+    ) -> Vec<String> {
+        let mut lines = Vec::new();
+        let local = local_addrs();
+        let mine_moved =
+            plan::remembered_addr(memory, &memory.node_id).is_some_and(|a| !local.contains(&a));
+        let healthy = matches!(health, Health::Healthy { .. });
+        let peers_moved = self.peers_moved(memory);
+        if healthy && !mine_moved && !peers_moved && self.file.recovery.phase == Phase::Idle {
+            return lines;
+        }
+        let rewritten = self.local_rules(memory, signing, seq).await;
+        self.proven.retain(|_, a| !rewritten.contains(a));
+        self.prove(memory, &rewritten).await;
+        let mut obs = Observation {
+            now_ms: now_ms(),
+            health,
+            local,
+            proven: self.proven.clone(),
+            agents: BTreeMap::new(),
+        };
+        obs.agents = self.agents(memory, &obs, signing, seq).await;
+        let p = plan::plan(&obs, memory, &self.file.recovery, self.agent_port);
+        if p.next.started_ms != self.file.recovery.started_ms {
+            self.file.timeline.clear();
+        }
+        let mut pushes = Vec::new();
+        for a in p.actions {
+            match a {
+                Action::Timeline(line) => {
+                    tracing::info!("recovery: {line}");
+                    self.file.timeline.push((obs.now_ms, line.clone()));
+                    lines.push(line);
+                }
+                Action::SetRewrites {
+                    node,
+                    endpoint,
+                    generation,
+                    rewrites,
+                } => {
+                    pushes.push((node, endpoint, generation, rewrites));
+                }
+                Action::Readdress { node, from, to } => {
+                    tracing::info!(
+                        "recovery: manager {} must be re-addressed from {from} to {to} (next step of swarm-glue, not built yet)",
+                        crate::docker::short(&node)
+                    );
+                }
+            }
+        }
+        let results = join_all(pushes.iter().map(|(node, endpoint, generation, rewrites)| {
+            let pinned = memory
+                .nodes
+                .get(node)
+                .and_then(|n| n.agent.as_ref())
+                .map(|a| a.key);
+            async move {
+                let Some(key) = pinned else {
+                    return Err(format!("no agent key pinned for {node}"));
+                };
+                let seq = seq.next().map_err(|e| e.to_string())?;
+                let issuer = Issuer {
+                    key: signing,
+                    cluster: &memory.cluster_id,
+                    seq,
+                    now: obs.now_ms / 1000,
+                };
+                let body = CommandBody::SetRewrites {
+                    generation: *generation,
+                    rewrites: rewrites.clone(),
+                };
+                agent_client::send(*endpoint, key, node, &issuer, body, AGENT_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }))
+        .await;
+        for ((node, _, generation, rewrites), r) in pushes.iter().zip(results) {
+            let name = memory
+                .nodes
+                .get(node)
+                .map(|n| n.hostname.as_str())
+                .unwrap_or(node);
+            match r {
+                Ok(_) => tracing::info!(
+                    "recovery: {name} applied generation {generation} ({} rewrites)",
+                    rewrites.len()
+                ),
+                Err(e) => tracing::warn!("recovery: {name}: {e}"),
+            }
+        }
+        if p.next != self.file.recovery {
+            self.file.recovery = p.next;
+            self.save();
+        }
+        lines
+    }
+
+    /// The addresses this host's own agent rewrites now.
+    async fn local_rules(
+        &self,
+        memory: &Memory,
+        signing: &SigningKey,
+        seq: &Sequence,
+    ) -> Vec<Ipv4Addr> {
+        let Some(key) = memory
+            .nodes
+            .get(&memory.node_id)
+            .and_then(|n| n.agent.as_ref())
+            .map(|a| a.key)
+        else {
+            return Vec::new();
+        };
+        let Ok(seq) = seq.next() else {
+            return Vec::new();
+        };
+        let issuer = Issuer {
+            key: signing,
+            cluster: &memory.cluster_id,
+            seq,
+            now: now_ms() / 1000,
+        };
+        let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, self.agent_port));
+        match agent_client::send(
+            endpoint,
+            key,
+            &memory.node_id,
+            &issuer,
+            CommandBody::Status,
+            AGENT_TIMEOUT,
+        )
+        .await
+        {
+            Ok(st) => st.rewrites.iter().map(|r| r.from).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Asks every node's agent what it has in force, at its current address:
+    /// proven managers, this host, workers found by `<hostname>.local`.
+    async fn agents(
+        &self,
+        memory: &Memory,
+        obs: &Observation,
+        signing: &SigningKey,
+        seq: &Sequence,
+    ) -> BTreeMap<String, AgentSeen> {
+        let mut where_: Vec<(String, Ipv4Addr)> =
+            plan::current_addrs(obs, memory).into_iter().collect();
+        if let Some(avahi) = &self.avahi {
+            let workers: Vec<(&String, &str)> = memory
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.role == Role::Worker)
+                .map(|(id, n)| (id, n.hostname.as_str()))
+                .collect();
+            let found = join_all(workers.iter().map(|(_, host)| async move {
+                tokio::time::timeout(Duration::from_secs(3), avahi.resolve_host(host)).await
+            }))
+            .await;
+            for ((id, _), r) in workers.into_iter().zip(found) {
+                if let Ok(Ok(addr)) = r {
+                    where_.push((id.clone(), addr));
+                }
+            }
+        }
+        let answers = join_all(where_.iter().map(|(node, addr)| {
+            let pinned = memory
+                .nodes
+                .get(node)
+                .and_then(|n| n.agent.as_ref())
+                .map(|a| a.key);
+            async move {
+                let key = pinned?;
+                let seq = seq.next().ok()?;
+                let issuer = Issuer {
+                    key: signing,
+                    cluster: &memory.cluster_id,
+                    seq,
+                    now: obs.now_ms / 1000,
+                };
+                let endpoint = SocketAddr::from((*addr, self.agent_port));
+                agent_client::send(
+                    endpoint,
+                    key,
+                    node,
+                    &issuer,
+                    CommandBody::Status,
+                    AGENT_TIMEOUT,
+                )
+                .await
+                .ok()
+            }
+        }))
+        .await;
+        where_
+            .into_iter()
+            .zip(answers)
+            .filter_map(|((node, addr), st)| {
+                st.map(|s| {
+                    (
+                        node,
+                        AgentSeen {
+                            addr,
+                            generation: s.generation,
+                            rewrites: s.rewrites,
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn save(&self) {
+        let bytes = serde_json::to_vec_pretty(&self.file).unwrap_or_default();
+        if let Err(e) = glue_node_agent::state::write_atomic(&self.path, &bytes) {
+            tracing::error!("cannot save the recovery state: {e}");
+        }
+    }
+}
