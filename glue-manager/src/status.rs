@@ -205,6 +205,24 @@ pub fn render(
             let _ = writeln!(s, "  {p}");
         }
     }
+    let rec = &r.recovery.recovery;
+    if rec.started_ms.is_some() {
+        let secs = |t: Option<u64>| {
+            t.zip(rec.started_ms)
+                .map(|(t, s)| format!("{:.1}s", t.saturating_sub(s) as f64 / 1000.0))
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            s,
+            "\nrecovery: phase {:?}, quorum after {}, converged after {}",
+            rec.phase,
+            secs(rec.quorum_ms),
+            secs(rec.converged_ms)
+        );
+        for (_, line) in r.recovery.timeline.iter().rev().take(8).rev() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
     if !r.errors.is_empty() {
         let _ = writeln!(s, "\nlast errors:");
         for (t, e) in r.errors.iter().rev().take(5) {
