@@ -344,10 +344,20 @@ impl DockerApi {
         Ok(Err("contended".to_string()))
     }
 
-    /// Drops every lock still held under `holder`'s name: called at start,
-    /// when any such lock is a leftover of a run that died.
+    /// Drops every lock still held under `holder`'s name, and its quorum
+    /// probe: called at start, when any such secret is a leftover of a run
+    /// that died. Returns how many locks were released.
     pub async fn release_locks_of(&self, holder: &str) -> Result<usize, DockerError> {
         let mut n = 0;
+        for s in self.secrets_named(&quorum_probe_name(holder)).await? {
+            if let Some(id) = s.id {
+                match self.docker.delete_secret(&id).await {
+                    Ok(()) => {}
+                    Err(e) if status_code(&e) == Some(404) => {}
+                    Err(e) => return Err(call("removing a leftover quorum probe")(e)),
+                }
+            }
+        }
         for s in self.secrets_named(LOCK_PREFIX).await? {
             let labels = s
                 .spec
@@ -372,7 +382,7 @@ impl DockerApi {
     /// followers still answers reads (and calls itself leader) for a while,
     /// but cannot commit. Creates and removes a marker secret.
     pub async fn quorum(&self, node_id: &str) -> bool {
-        let name = format!("swarm-glue-quorum-{}", short(node_id));
+        let name = quorum_probe_name(node_id);
         let labels = HashMap::from([(LABEL_KIND.to_string(), "quorum-probe".to_string())]);
         let write = async {
             let id = match self.create_secret(&name, labels).await {
@@ -486,6 +496,12 @@ impl DockerApi {
             Err(e) => Err(call(format!("removing job {name}"))(e)),
         }
     }
+}
+
+/// The marker secret of [`DockerApi::quorum`]; a kill between its create and
+/// its removal leaves it, and the next start removes it.
+pub fn quorum_probe_name(node_id: &str) -> String {
+    format!("swarm-glue-quorum-{}", short(node_id))
 }
 
 pub struct Lease {

@@ -70,10 +70,24 @@ fn now_ms() -> u64 {
 
 impl Recoverer {
     pub fn new(path: PathBuf, agent_port: u16) -> Recoverer {
-        let file = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let file = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                // A recovery under way is re-planned from what is seen; the
+                // damaged file is kept for a person to look at.
+                let aside = path.with_extension(format!("corrupt-{}", now_ms() / 1000));
+                let moved = std::fs::rename(&path, &aside);
+                tracing::error!(
+                    "{} is corrupt ({e}); {}; starting from what is seen",
+                    path.display(),
+                    match moved {
+                        Ok(()) => format!("moved to {}", aside.display()),
+                        Err(m) => format!("could not move it aside: {m}"),
+                    }
+                );
+                RecoveryFile::default()
+            }),
+            Err(_) => RecoveryFile::default(),
+        };
         let (heard_tx, heard_rx) = mpsc::channel(64);
         Recoverer {
             path,
@@ -350,30 +364,11 @@ impl Recoverer {
             }
         }
         let results = join_all(pushes.iter().map(|(node, endpoint, generation, rewrites)| {
-            let pinned = memory
-                .nodes
-                .get(node)
-                .and_then(|n| n.agent.as_ref())
-                .map(|a| a.key);
-            async move {
-                let Some(key) = pinned else {
-                    return Err(format!("no agent key pinned for {node}"));
-                };
-                let seq = seq.next().map_err(|e| e.to_string())?;
-                let issuer = Issuer {
-                    key: signing,
-                    cluster: &memory.cluster_id,
-                    seq,
-                    now: obs.now_ms / 1000,
-                };
-                let body = CommandBody::SetRewrites {
-                    generation: *generation,
-                    rewrites: rewrites.clone(),
-                };
-                agent_client::send(*endpoint, key, node, &issuer, body, AGENT_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            let body = CommandBody::SetRewrites {
+                generation: *generation,
+                rewrites: rewrites.clone(),
+            };
+            tell(memory, node, *endpoint, body, signing, seq)
         }))
         .await;
         for ((node, _, generation, rewrites), r) in pushes.iter().zip(results) {
@@ -404,31 +399,14 @@ impl Recoverer {
         signing: &SigningKey,
         seq: &Sequence,
     ) -> Vec<Ipv4Addr> {
-        let Some(key) = memory
-            .nodes
-            .get(&memory.node_id)
-            .and_then(|n| n.agent.as_ref())
-            .map(|a| a.key)
-        else {
-            return Vec::new();
-        };
-        let Ok(seq) = seq.next() else {
-            return Vec::new();
-        };
-        let issuer = Issuer {
-            key: signing,
-            cluster: &memory.cluster_id,
-            seq,
-            now: now_ms() / 1000,
-        };
         let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, self.agent_port));
-        match agent_client::send(
-            endpoint,
-            key,
+        match tell(
+            memory,
             &memory.node_id,
-            &issuer,
+            endpoint,
             CommandBody::Status,
-            AGENT_TIMEOUT,
+            signing,
+            seq,
         )
         .await
         {
@@ -466,31 +444,11 @@ impl Recoverer {
             }
         }
         let answers = join_all(where_.iter().map(|(node, addr)| {
-            let pinned = memory
-                .nodes
-                .get(node)
-                .and_then(|n| n.agent.as_ref())
-                .map(|a| a.key);
+            let endpoint = SocketAddr::from((*addr, self.agent_port));
             async move {
-                let key = pinned?;
-                let seq = seq.next().ok()?;
-                let issuer = Issuer {
-                    key: signing,
-                    cluster: &memory.cluster_id,
-                    seq,
-                    now: obs.now_ms / 1000,
-                };
-                let endpoint = SocketAddr::from((*addr, self.agent_port));
-                agent_client::send(
-                    endpoint,
-                    key,
-                    node,
-                    &issuer,
-                    CommandBody::Status,
-                    AGENT_TIMEOUT,
-                )
-                .await
-                .ok()
+                tell(memory, node, endpoint, CommandBody::Status, signing, seq)
+                    .await
+                    .ok()
             }
         }))
         .await;
@@ -518,4 +476,32 @@ impl Recoverer {
             tracing::error!("cannot save the recovery state: {e}");
         }
     }
+}
+
+/// Sends one signed command to the agent of `node` at `endpoint`, checked
+/// against the key pinned for it; the error names the node and the address.
+async fn tell(
+    memory: &Memory,
+    node: &str,
+    endpoint: SocketAddr,
+    body: CommandBody,
+    signing: &SigningKey,
+    seq: &Sequence,
+) -> Result<glue_node_agent::protocol::AgentStatus, String> {
+    let key = memory
+        .nodes
+        .get(node)
+        .and_then(|n| n.agent.as_ref())
+        .map(|a| a.key)
+        .ok_or_else(|| format!("no agent key pinned for node {node} (at {endpoint})"))?;
+    let seq = seq.next().map_err(|e| e.to_string())?;
+    let issuer = Issuer {
+        key: signing,
+        cluster: &memory.cluster_id,
+        seq,
+        now: now_ms() / 1000,
+    };
+    agent_client::send(endpoint, key, node, &issuer, body, AGENT_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())
 }
