@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use swarm_glue_lab::docker::Docker;
-use swarm_glue_lab::lab::leftovers;
 use swarm_glue_lab::{bench, swarm, wait_for, Addressing, Ipv4Net, Lab, LabSpec, Result};
 
 fn lab_up() -> Lab {
@@ -18,15 +16,6 @@ fn lab_up() -> Lab {
     }
     bench("lab.up_s", lab.timings.total.as_secs_f64(), "s");
     lab
-}
-
-fn tear_down(lab: Lab) {
-    let name = lab.name().to_string();
-    if let Err(errors) = lab.down() {
-        panic!("teardown of {name} failed: {errors:?}");
-    }
-    let left = leftovers(&Docker::new(), &name).expect("leftovers can be listed");
-    assert!(left.is_empty(), "lab {name} left these behind: {left:#?}");
 }
 
 /// What every node resolves every other node's `<hostname>.local` to. Each
@@ -145,7 +134,7 @@ fn formed_swarm_is_healthy_and_every_node_resolves_every_other_over_mdns_also_af
         );
     }
     assert_mdns_current(&lab, "after every node moved");
-    tear_down(lab);
+    swarm_glue_lab::lab::tear_down_checked(lab);
 }
 
 #[test]
@@ -207,7 +196,7 @@ fn managers_moved_without_swarm_glue_have_no_leader_for_90s_and_moving_back_rest
     let replaced = diff.len() / 2;
     println!("tasks replaced in place by Docker after the outage: {replaced}");
     bench("lab.control_tasks_replaced", replaced as f64, "");
-    tear_down(lab);
+    swarm_glue_lab::lab::tear_down_checked(lab);
 }
 
 #[test]
@@ -317,5 +306,5 @@ fn lab_faults_and_bad_requests_behave_and_bad_requests_change_nothing() {
         addrs,
         "faults changed addresses"
     );
-    tear_down(lab);
+    swarm_glue_lab::lab::tear_down_checked(lab);
 }

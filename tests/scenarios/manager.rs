@@ -11,22 +11,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use swarm_glue_lab::docker::Docker;
 use swarm_glue_lab::glue::{self, Binaries};
 use swarm_glue_lab::image::WORKLOAD_IMAGE;
-use swarm_glue_lab::lab::leftovers;
 use swarm_glue_lab::{bench, par_map, wait_for, Lab, LabError, LabSpec, Result};
 
 const MANAGERS: [&str; 3] = ["m1", "m2", "m3"];
-
-fn tear_down(lab: Lab) {
-    let name = lab.name().to_string();
-    if let Err(errors) = lab.down() {
-        panic!("teardown of {name} failed: {errors:?}");
-    }
-    let left = leftovers(&Docker::new(), &name).expect("leftovers can be listed");
-    assert!(left.is_empty(), "lab {name} left these behind: {left:#?}");
-}
 
 fn node_id(lab: &Lab, node: &str) -> String {
     lab.exec(node, &["docker", "info", "-f", "{{.Swarm.NodeID}}"])
@@ -489,5 +478,5 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
     if let Ok(kb) = rss.trim().parse::<f64>() {
         bench("manager.rss_after_enrolment_mb", kb / 1024.0, "MB");
     }
-    tear_down(lab);
+    swarm_glue_lab::lab::tear_down_checked(lab);
 }

@@ -1177,6 +1177,17 @@ fn remove_host_rules(matches: impl Fn(&str) -> bool) -> Vec<LabError> {
 
 /// What is still on this machine with the lab's name: containers, networks,
 /// host rules. Empty after a complete teardown.
+/// Takes a test's lab down and checks that nothing of it is left; panics
+/// with what went wrong (for tests).
+pub fn tear_down_checked(lab: Lab) {
+    let name = lab.name().to_string();
+    if let Err(errors) = lab.down() {
+        panic!("teardown of {name} failed: {errors:?}");
+    }
+    let left = leftovers(&Docker::new(), &name).expect("leftovers can be listed");
+    assert!(left.is_empty(), "lab {name} left these behind: {left:#?}");
+}
+
 pub fn leftovers(docker: &Docker, lab: &str) -> Result<Vec<String>> {
     let filter = format!("label={LABEL_LAB}={lab}");
     let mut out = Vec::new();
