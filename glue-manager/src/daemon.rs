@@ -296,7 +296,13 @@ impl Daemon {
         }
         let lines = self
             .recoverer
-            .step(&self.memory, health, &self.signing, &self.seq)
+            .step(
+                &self.memory,
+                health,
+                self.ctx.clone(),
+                &self.signing,
+                &self.seq,
+            )
             .await;
         if !lines.is_empty() || self.recoverer.phase() != crate::plan::Phase::Idle {
             self.set_state(format!("recovery: {:?}", self.recoverer.phase()).to_lowercase());
@@ -414,6 +420,16 @@ impl Daemon {
             self.registered = false;
         }
         self.report.node_id = snap.node_id.clone();
+        if self.recoverer.phase() != crate::plan::Phase::Idle {
+            // The memory is of the healthy swarm: while a recovery is under
+            // way (managers demoted and promoted, addresses half-changed) it
+            // stays as it was, and enrolments wait.
+            self.report.managers = registry.keys().cloned().collect();
+            if self.ctx.is_none() {
+                self.ctx = Some(Arc::new(self.make_ctx(docker.clone(), &snap.node_id)?));
+            }
+            return Ok(());
+        }
         self.remember(snap, &registry);
         if self.ctx.is_none() {
             self.ctx = Some(Arc::new(self.make_ctx(docker.clone(), &snap.node_id)?));

@@ -7,13 +7,14 @@
 //! is a constant: nothing secret is stored.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
 use bollard::models::{
-    Mount, MountTypeEnum, SecretSpec, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicatedJob,
-    TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum,
+    Mount, MountTypeEnum, NodeSpecRoleEnum, SecretSpec, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicatedJob, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
 };
 use bollard::query_parameters::{
     EventsOptions, ListNodesOptions, ListSecretsOptions, ListServicesOptions, ListTasksOptions,
@@ -34,6 +35,9 @@ const LABEL_EXPIRES: &str = "io.swarm-glue.expires";
 pub const REGISTRY_PREFIX: &str = "swarm-glue-manager-";
 pub const LOCK_PREFIX: &str = "swarm-glue-lock-";
 pub const JOB_PREFIX: &str = "swarm-glue-sshkey-";
+pub const READDRESS_PREFIX: &str = "swarm-glue-readdress-";
+const LABEL_FROM: &str = "io.swarm-glue.from";
+const LABEL_TO: &str = "io.swarm-glue.to";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -69,6 +73,8 @@ pub struct NodeView {
     pub addr: String,
     pub manager_addr: Option<String>,
     pub leader: bool,
+    /// A manager's reachability as raft sees it ("reachable", "unreachable").
+    pub reachability: String,
     pub arch: String,
 }
 
@@ -402,6 +408,83 @@ impl DockerApi {
         )
     }
 
+    /// Sets a node's role, keeping the rest of its spec (labels,
+    /// availability, name) exactly as it is.
+    pub async fn set_role(&self, node: &str, role: Role) -> Result<(), DockerError> {
+        let what = || format!("setting the role of node {} to {role:?}", short(node));
+        let n = self.docker.inspect_node(node).await.map_err(call(what()))?;
+        let version = n.version.and_then(|v| v.index).unwrap_or(0);
+        let mut spec = n.spec.unwrap_or_default();
+        spec.role = Some(match role {
+            Role::Manager => NodeSpecRoleEnum::MANAGER,
+            Role::Worker => NodeSpecRoleEnum::WORKER,
+        });
+        self.docker
+            .update_node(
+                node,
+                spec,
+                bollard::query_parameters::UpdateNodeOptionsBuilder::default()
+                    .version(version as i64)
+                    .build(),
+            )
+            .await
+            .map_err(call(what()))
+    }
+
+    /// Marks `node` as being re-addressed from `from` to `to`, in the swarm
+    /// itself, so whichever manager coordinates next knows a demoted node
+    /// must be promoted again. Returns false if the mark was already there.
+    pub async fn mark_readdress(
+        &self,
+        node: &str,
+        from: Ipv4Addr,
+        to: Ipv4Addr,
+    ) -> Result<bool, DockerError> {
+        let labels = HashMap::from([
+            (LABEL_KIND.to_string(), "readdress".to_string()),
+            (LABEL_NODE.to_string(), node.to_string()),
+            (LABEL_FROM.to_string(), from.to_string()),
+            (LABEL_TO.to_string(), to.to_string()),
+        ]);
+        Ok(self
+            .create_secret(&format!("{READDRESS_PREFIX}{}", short(node)), labels)
+            .await?
+            .is_some())
+    }
+
+    /// Every node under re-addressing: node ID → (old, new address).
+    pub async fn readdress_marks(
+        &self,
+    ) -> Result<BTreeMap<String, (Ipv4Addr, Ipv4Addr)>, DockerError> {
+        let mut out = BTreeMap::new();
+        for s in self.secrets_named(READDRESS_PREFIX).await? {
+            let labels = s.spec.and_then(|sp| sp.labels).unwrap_or_default();
+            let addr = |k: &str| labels.get(k).and_then(|v| v.parse::<Ipv4Addr>().ok());
+            if let (Some(node), Some(from), Some(to)) =
+                (labels.get(LABEL_NODE), addr(LABEL_FROM), addr(LABEL_TO))
+            {
+                out.insert(node.clone(), (from, to));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn unmark_readdress(&self, node: &str) -> Result<(), DockerError> {
+        for s in self
+            .secrets_named(&format!("{READDRESS_PREFIX}{}", short(node)))
+            .await?
+        {
+            if let Some(id) = s.id {
+                match self.docker.delete_secret(&id).await {
+                    Ok(()) => {}
+                    Err(e) if status_code(&e) == Some(404) => {}
+                    Err(e) => return Err(call("removing a re-address mark")(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub async fn unlock(&self, lease: Lease) -> Result<(), DockerError> {
         match self.docker.delete_secret(&lease.id).await {
             Ok(()) => Ok(()),
@@ -608,7 +691,11 @@ fn node_view(n: bollard::models::Node) -> Option<NodeView> {
         state: status.state.map(|s| s.to_string()).unwrap_or_default(),
         addr: status.addr.unwrap_or_default(),
         manager_addr: ms.as_ref().and_then(|m| m.addr.clone()),
-        leader: ms.and_then(|m| m.leader).unwrap_or(false),
+        leader: ms.as_ref().and_then(|m| m.leader).unwrap_or(false),
+        reachability: ms
+            .and_then(|m| m.reachability)
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
         arch: desc
             .platform
             .and_then(|p| p.architecture)

@@ -12,6 +12,7 @@ pub mod install;
 pub mod keys;
 pub mod memory;
 pub mod plan;
+pub mod readdress;
 pub mod recovery;
 pub mod ssh;
 pub mod status;

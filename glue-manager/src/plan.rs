@@ -50,6 +50,9 @@ pub struct Observation {
     pub proven: BTreeMap<String, Ipv4Addr>,
     /// Agents that answered with a signed status, by node ID.
     pub agents: BTreeMap<String, AgentSeen>,
+    /// Managers demoted to be re-addressed and not yet promoted again (the
+    /// marks kept in the swarm): node ID → (old, new address).
+    pub pending: BTreeMap<String, (Ipv4Addr, Ipv4Addr)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,7 +101,8 @@ pub enum Action {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub next: Recovery,
-    /// This manager re-addresses (every manager tells agents the rewrites).
+    /// This manager re-addresses the next manager (every manager tells
+    /// agents the rewrites).
     pub coordinator: bool,
 }
 
@@ -156,13 +160,16 @@ pub fn rewrites_for(map: &BTreeMap<Ipv4Addr, Ipv4Addr>, own: Option<Ipv4Addr>) -
         .collect()
 }
 
-/// The manager that re-addresses: the lowest node ID among the managers
-/// known to be up (this one and the proven ones). Rewrites need no such
+/// The manager that re-addresses `target`: the lowest node ID among the
+/// managers known to be up (this one and the proven ones), other than the
+/// target (a manager cannot promote itself back). Rewrites need no such
 /// choice: every manager tells every agent, and what one manager proved
-/// reaches the others through the agents' sets.
-pub fn coordinator(obs: &Observation, memory: &Memory) -> String {
+/// reaches the others through the agents' sets. Two managers that both think
+/// they coordinate are kept apart by the swarm lock.
+pub fn coordinator(obs: &Observation, memory: &Memory, target: &str) -> String {
     let mut up: BTreeSet<&str> = obs.proven.keys().map(String::as_str).collect();
     up.insert(memory.node_id.as_str());
+    up.remove(target);
     up.into_iter().next().unwrap_or_default().to_string()
 }
 
@@ -195,19 +202,20 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         }
     }
     let newest_seen = obs.agents.values().map(|a| a.generation).max().unwrap_or(0);
-    let coordinator = coordinator(obs, memory) == memory.node_id;
+    let mut coordinator = false;
     let recorded_current = |recorded: &BTreeMap<String, Ipv4Addr>| {
-        memory
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.role == Role::Manager)
-            .all(|(id, _)| match (recorded.get(id), current.get(id)) {
-                (Some(r), Some(c)) => r == c,
-                // A manager that is not up now cannot be re-addressed; it
-                // keeps its entry and is re-addressed when it shows up.
-                (_, None) => true,
-                (None, Some(_)) => false,
-            })
+        obs.pending.is_empty()
+            && memory
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.role == Role::Manager)
+                .all(|(id, _)| match (recorded.get(id), current.get(id)) {
+                    (Some(r), Some(c)) => r == c,
+                    // A manager that is not up now cannot be re-addressed; it
+                    // keeps its entry and is re-addressed when it shows up.
+                    (_, None) => true,
+                    (None, Some(_)) => false,
+                })
     };
 
     // Detect: something moved and Docker does not know yet.
@@ -276,24 +284,36 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                     "re-addressed: every manager's recorded address is its new one; clean-up with generation {}",
                     next.generation
                 )));
-            } else if coordinator {
-                // One at a time; the leader last, so leadership moves once.
-                let mut todo: Vec<(&String, Ipv4Addr, Ipv4Addr)> = memory
-                    .nodes
+            } else {
+                // A manager demoted for re-addressing is finished first (a
+                // coordinator may have died half-way); then one at a time,
+                // the leader last, so leadership moves once.
+                let mut todo: Vec<(&String, Ipv4Addr, Ipv4Addr)> = obs
+                    .pending
                     .iter()
-                    .filter(|(_, n)| n.role == Role::Manager)
-                    .filter_map(|(id, _)| match (recorded.get(id), current.get(id)) {
-                        (Some(r), Some(c)) if r != c => Some((id, *r, *c)),
-                        _ => None,
-                    })
+                    .map(|(id, (from, to))| (id, *from, current.get(id).copied().unwrap_or(*to)))
                     .collect();
-                todo.sort_by_key(|(id, _, _)| (*id == leader, (*id).clone()));
+                if todo.is_empty() {
+                    todo = memory
+                        .nodes
+                        .iter()
+                        .filter(|(_, n)| n.role == Role::Manager)
+                        .filter_map(|(id, _)| match (recorded.get(id), current.get(id)) {
+                            (Some(r), Some(c)) if r != c => Some((id, *r, *c)),
+                            _ => None,
+                        })
+                        .collect();
+                    todo.sort_by_key(|(id, _, _)| (*id == leader, (*id).clone()));
+                }
                 if let Some((id, from, to)) = todo.first() {
-                    actions.push(Action::Readdress {
-                        node: (*id).clone(),
-                        from: *from,
-                        to: *to,
-                    });
+                    coordinator = self::coordinator(obs, memory, id) == memory.node_id;
+                    if coordinator {
+                        actions.push(Action::Readdress {
+                            node: (*id).clone(),
+                            from: *from,
+                            to: *to,
+                        });
+                    }
                 }
             }
         }
@@ -412,6 +432,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            pending: BTreeMap::new(),
         }
     }
 
@@ -471,7 +492,6 @@ mod tests {
             Health::NoLeader,
         );
         let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
-        assert!(p.coordinator);
         assert_eq!(p.next.phase, Phase::Rewrite);
         assert_eq!(p.next.map.len(), 4, "{:?}", p.next.map);
         let pushed = pushes(&p);
@@ -707,11 +727,64 @@ mod tests {
                 &[("m1", "10.0.1.1"), ("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
             ),
         );
+        // m1 cannot promote itself back: m2 (lowest of the others) does it.
         let p3 = plan(&o3, &memory("m1"), &p2.next, PORT);
-        assert!(p3.actions.contains(&Action::Readdress {
+        assert!(!p3.coordinator);
+        assert!(!p3
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Readdress { .. })));
+        let mut o3b = o3.clone();
+        o3b.local = vec![ip("10.0.2.7")];
+        o3b.proven = BTreeMap::from([("m1".into(), ip("10.0.2.9")), ("m3".into(), ip("10.0.2.8"))]);
+        let p3b = plan(&o3b, &memory("m2"), &p2.next, PORT);
+        assert!(p3b.coordinator);
+        assert!(p3b.actions.contains(&Action::Readdress {
             node: "m1".into(),
             from: ip("10.0.1.1"),
             to: ip("10.0.2.9")
+        }));
+    }
+
+    #[test]
+    fn a_manager_demoted_for_re_addressing_is_finished_first_and_blocks_clean_up() {
+        // m3 was demoted by a coordinator that died; Docker no longer lists
+        // it as a manager, so only the mark in the swarm says it is pending.
+        let rec = Recovery {
+            phase: Phase::Readdress,
+            generation: 5,
+            map: BTreeMap::from([
+                (ip("10.0.1.1"), ip("10.0.2.9")),
+                (ip("10.0.1.3"), ip("10.0.2.8")),
+            ]),
+            started_ms: Some(990_000),
+            quorum_ms: Some(995_000),
+            converged_ms: None,
+        };
+        let mut o = obs(
+            "10.0.1.2",
+            &[("m1", "10.0.2.9"), ("m3", "10.0.2.8")],
+            &[],
+            healthy("m2", &[("m1", "10.0.2.9"), ("m2", "10.0.1.2")]),
+        );
+        o.pending = BTreeMap::from([("m3".into(), (ip("10.0.1.3"), ip("10.0.2.8")))]);
+        let p = plan(&o, &memory("m2"), &rec, PORT);
+        assert_eq!(
+            p.next.phase,
+            Phase::Readdress,
+            "no clean-up while m3 is out"
+        );
+        // m1 is the lowest manager up other than m3: m1 coordinates, not m2.
+        assert!(!p.coordinator);
+        let mut o1 = o.clone();
+        o1.local = vec![ip("10.0.2.9")];
+        o1.proven = BTreeMap::from([("m2".into(), ip("10.0.1.2")), ("m3".into(), ip("10.0.2.8"))]);
+        let p1 = plan(&o1, &memory("m1"), &rec, PORT);
+        assert!(p1.coordinator);
+        assert!(p1.actions.contains(&Action::Readdress {
+            node: "m3".into(),
+            from: ip("10.0.1.3"),
+            to: ip("10.0.2.8")
         }));
     }
 

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -15,10 +16,13 @@ use tokio::sync::mpsc;
 
 use crate::agent_client::{self, Issuer};
 use crate::discovery::{ignored_interface, Announcement, Avahi, Event, Heard, Published};
+use crate::docker::DockerApi;
+use crate::enrol::Ctx;
 use crate::identity;
 use crate::keys::Sequence;
 use crate::memory::{Memory, Role};
 use crate::plan::{self, Action, AgentSeen, Health, Observation, Phase, Recovery};
+use crate::readdress::{self, Outcome};
 
 const PROOF_TIMEOUT: Duration = Duration::from_secs(3);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -59,6 +63,13 @@ pub struct Recoverer {
     heard: BTreeMap<String, Heard>,
     proven: BTreeMap<String, Ipv4Addr>,
     agent_port: u16,
+    /// The re-addressing under way (this manager coordinates it): the node's
+    /// name and the task.
+    readdressing: Option<(String, tokio::task::JoinHandle<Result<Outcome, String>>)>,
+    say_tx: mpsc::UnboundedSender<String>,
+    say_rx: mpsc::UnboundedReceiver<String>,
+    /// Why re-addressing last had to wait (said once, not every round).
+    not_now: String,
 }
 
 fn now_ms() -> u64 {
@@ -89,6 +100,7 @@ impl Recoverer {
             Err(_) => RecoveryFile::default(),
         };
         let (heard_tx, heard_rx) = mpsc::channel(64);
+        let (say_tx, say_rx) = mpsc::unbounded_channel();
         Recoverer {
             path,
             file,
@@ -101,6 +113,10 @@ impl Recoverer {
             heard: BTreeMap::new(),
             proven: BTreeMap::new(),
             agent_port,
+            readdressing: None,
+            say_tx,
+            say_rx,
+            not_now: String::new(),
         }
     }
 
@@ -307,15 +323,57 @@ impl Recoverer {
         }
     }
 
+    /// Takes in what the re-addressing task said and how it ended.
+    async fn collect_readdressing(&mut self, lines: &mut Vec<String>) {
+        while let Ok(line) = self.say_rx.try_recv() {
+            self.timeline(line, lines);
+        }
+        let finished = self
+            .readdressing
+            .as_ref()
+            .is_some_and(|(_, task)| task.is_finished());
+        if !finished {
+            return;
+        }
+        let Some((name, task)) = self.readdressing.take() else {
+            return;
+        };
+        match task.await {
+            Ok(Ok(Outcome::Done)) => self.not_now.clear(),
+            Ok(Ok(Outcome::NotNow(why))) => {
+                if why != self.not_now {
+                    tracing::info!("recovery: re-addressing {name} waits: {why}");
+                    self.not_now = why;
+                }
+            }
+            Ok(Err(e)) => {
+                self.timeline(
+                    format!("re-address {name} failed, to be tried again: {e}"),
+                    lines,
+                );
+                self.not_now.clear();
+            }
+            Err(e) => tracing::error!("recovery: the re-addressing of {name} crashed: {e}"),
+        }
+    }
+
+    fn timeline(&mut self, line: String, lines: &mut Vec<String>) {
+        tracing::info!("recovery: {line}");
+        self.file.timeline.push((now_ms(), line.clone()));
+        lines.push(line);
+    }
+
     /// One round: observe, plan, act. Returns the timeline lines it added.
     pub async fn step(
         &mut self,
         memory: &Memory,
         health: Health,
+        ctx: Option<Arc<Ctx>>,
         signing: &SigningKey,
         seq: &Sequence,
     ) -> Vec<String> {
         let mut lines = Vec::new();
+        self.collect_readdressing(&mut lines).await;
         let local = local_addrs();
         let mine_moved =
             plan::remembered_addr(memory, &memory.node_id).is_some_and(|a| !local.contains(&a));
@@ -327,12 +385,17 @@ impl Recoverer {
         let rewritten = self.local_rules(memory, signing, seq).await;
         self.proven.retain(|_, a| !rewritten.contains(a));
         self.prove(memory, &rewritten).await;
+        let pending = match (&ctx, &health) {
+            (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await,
+            _ => BTreeMap::new(),
+        };
         let mut obs = Observation {
             now_ms: now_ms(),
             health,
             local,
             proven: self.proven.clone(),
             agents: BTreeMap::new(),
+            pending,
         };
         obs.agents = self.agents(memory, &obs, signing, seq).await;
         let p = plan::plan(&obs, memory, &self.file.recovery, self.agent_port);
@@ -356,10 +419,35 @@ impl Recoverer {
                     pushes.push((node, endpoint, generation, rewrites));
                 }
                 Action::Readdress { node, from, to } => {
-                    tracing::info!(
-                        "recovery: manager {} must be re-addressed from {from} to {to} (next step of swarm-glue, not built yet)",
-                        crate::docker::short(&node)
-                    );
+                    if let (None, Some(ctx)) = (&self.readdressing, &ctx) {
+                        let target = readdress::Target {
+                            hostname: memory
+                                .nodes
+                                .get(&node)
+                                .map(|n| n.hostname.clone())
+                                .unwrap_or_else(|| node.clone()),
+                            node,
+                            from,
+                            to,
+                        };
+                        let env = readdress::Env {
+                            ctx: ctx.clone(),
+                            managers: plan::current_addrs(&obs, memory)
+                                .into_iter()
+                                .filter(|(id, _)| {
+                                    memory
+                                        .nodes
+                                        .get(id)
+                                        .is_some_and(|n| n.role == Role::Manager)
+                                })
+                                .collect(),
+                            map: p.next.map.clone(),
+                            say: self.say_tx.clone(),
+                        };
+                        let name = target.hostname.clone();
+                        let task = tokio::spawn(async move { readdress::run(&env, &target).await });
+                        self.readdressing = Some((name, task));
+                    }
                 }
             }
         }
@@ -475,6 +563,19 @@ impl Recoverer {
         if let Err(e) = glue_node_agent::state::write_atomic(&self.path, &bytes) {
             tracing::error!("cannot save the recovery state: {e}");
         }
+    }
+}
+
+/// The managers marked as being re-addressed; none if the marks cannot be
+/// read (the round after will see them).
+async fn marks(docker: &DockerApi) -> BTreeMap<String, (Ipv4Addr, Ipv4Addr)> {
+    match tokio::time::timeout(Duration::from_secs(5), docker.readdress_marks()).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            tracing::warn!("recovery: {e}");
+            BTreeMap::new()
+        }
+        Err(_) => BTreeMap::new(),
     }
 }
 

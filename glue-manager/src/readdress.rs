@@ -1,0 +1,356 @@
+//! Re-addressing one manager: making Docker record its new raft address
+//! while keeping its node ID, labels and availability.
+//!
+//! Docker has no call for this, and a restart with a new advertise address
+//! does not change the address raft recorded. What holds (measured, see
+//! docs/recovery.md): demote the manager, restart its dockerd with the new
+//! advertise address in `docker-state.json`, promote it again — it rejoins
+//! raft at the new address under the same node ID.
+//!
+//! Carried out by another manager (the coordinator), under the swarm lock,
+//! only while every manager is reachable, so the swarm keeps its quorum at
+//! every step. Every step can be re-run: a mark in the swarm
+//! (`swarm-glue-readdress-<node>`) says a node was demoted for this, so if
+//! the coordinator dies half-way, whoever coordinates next finishes the job.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::docker::short;
+use crate::enrol::Ctx;
+use crate::memory::Role;
+
+/// The lock every re-addressing takes; one manager at a time, swarm-wide.
+pub const LOCK: &str = "readdress";
+/// Long enough for one manager (about 20–30 s measured); a coordinator that
+/// is killed and restarted releases its own lease at start.
+const LEASE: Duration = Duration::from_secs(300);
+/// Longest any single wait of a step may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(500);
+const SSH_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub node: String,
+    pub hostname: String,
+    pub from: Ipv4Addr,
+    pub to: Ipv4Addr,
+}
+
+/// What re-addressing needs besides the target.
+pub struct Env {
+    pub ctx: Arc<Ctx>,
+    /// Every manager's current address (this one included), to check from
+    /// each of them what the swarm records.
+    pub managers: BTreeMap<String, Ipv4Addr>,
+    /// Old → new address of every moved node: the addresses a node's
+    /// `docker-state.json` names (its own, the one it joined through).
+    pub map: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// Timeline lines, as they happen.
+    pub say: mpsc::UnboundedSender<String>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Done,
+    /// Not now, and not an error: another manager holds the lock, or a
+    /// manager is unreachable.
+    NotNow(String),
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Re-addresses `t` under the swarm lock.
+pub async fn run(env: &Env, t: &Target) -> Result<Outcome, String> {
+    let docker = &env.ctx.docker;
+    let lease = match docker
+        .lock(LOCK, &env.ctx.manager_id, LEASE, now_s())
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Ok(lease) => lease,
+        Err(held) => return Ok(Outcome::NotNow(format!("the re-address lock is {held}"))),
+    };
+    let result = steps(env, t).await;
+    if let Err(e) = docker.unlock(lease).await {
+        tracing::warn!("{e}");
+    }
+    result
+}
+
+async fn steps(env: &Env, t: &Target) -> Result<Outcome, String> {
+    let docker = &env.ctx.docker;
+    let started = Instant::now();
+    let name = &t.hostname;
+    let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
+    if !snap.control_available {
+        return Ok(Outcome::NotNow(format!(
+            "the swarm does not answer here: {}",
+            snap.error
+        )));
+    }
+    let Some(node) = snap.nodes.iter().find(|n| n.id == t.node) else {
+        return Err(format!(
+            "node {} ({name}) is not in the swarm",
+            short(&t.node)
+        ));
+    };
+    // Quorum is never put at risk: every other manager must be reachable
+    // before one is taken out of raft.
+    if let Some(down) = snap
+        .nodes
+        .iter()
+        .find(|n| n.role == Role::Manager && n.id != t.node && n.reachability != "reachable")
+    {
+        return Ok(Outcome::NotNow(format!(
+            "manager {} is {}; re-addressing waits so the swarm keeps its quorum",
+            down.hostname,
+            if down.reachability.is_empty() {
+                "not reachable"
+            } else {
+                &down.reachability
+            }
+        )));
+    }
+    let to_raft = format!("{}:2377", t.to);
+    let recorded_new = node.manager_addr.as_deref() == Some(to_raft.as_str());
+    if node.role == Role::Manager && !recorded_new {
+        docker
+            .mark_readdress(&t.node, t.from, t.to)
+            .await
+            .map_err(|e| e.to_string())?;
+        docker
+            .set_role(&t.node, Role::Worker)
+            .await
+            .map_err(|e| e.to_string())?;
+        say(
+            env,
+            format!("re-address {name}: demoted, to rejoin raft at {}", t.to),
+        );
+    }
+    if node.role == Role::Worker || !recorded_new {
+        // The node itself must have left raft before its dockerd restarts.
+        let gave_up = Instant::now();
+        wait(
+            &format!("{name} to give up its manager role"),
+            || async move {
+                let out = ssh(env, &t.node, t.to, "docker info", INFO).await?;
+                Ok(out.split_whitespace().next() == Some("false"))
+            },
+        )
+        .await?;
+        let node_addr = ssh(env, &t.node, t.to, "docker info", INFO).await?;
+        if node_addr.split_whitespace().nth(1) != Some(t.to.to_string().as_str()) {
+            let restart = Instant::now();
+            ssh(
+                env,
+                &t.node,
+                t.to,
+                "patching docker-state.json and restarting dockerd",
+                &restart_script(&env.map),
+            )
+            .await?;
+            say(
+                env,
+                format!(
+                    "re-address {name}: manager role given up after {:.1}s; dockerd restarted with advertise address {} in {:.1}s",
+                    (restart - gave_up).as_secs_f64(),
+                    t.to,
+                    restart.elapsed().as_secs_f64()
+                ),
+            );
+        }
+        wait(&format!("{name} to be ready"), || async move {
+            let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
+            Ok(snap
+                .nodes
+                .iter()
+                .any(|n| n.id == t.node && n.state == "ready"))
+        })
+        .await?;
+        docker
+            .set_role(&t.node, Role::Manager)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    // Seen at the new address, reachable, by every manager.
+    let check = format!(
+        "docker node inspect --format '{{{{if .ManagerStatus}}}}{{{{.ManagerStatus.Addr}}}} {{{{.ManagerStatus.Reachability}}}}{{{{end}}}}' {}",
+        t.node
+    );
+    let want = format!("{to_raft} reachable");
+    let promoted = Instant::now();
+    let (check, want) = (&check, &want);
+    wait(
+        &format!("every manager to see {name} at {to_raft}"),
+        || async move {
+            for (m, addr) in &env.managers {
+                let seen = ssh(env, m, *addr, "docker node inspect", check)
+                    .await
+                    .unwrap_or_default();
+                if seen.trim() != want.as_str() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await?;
+    docker
+        .unmark_readdress(&t.node)
+        .await
+        .map_err(|e| e.to_string())?;
+    say(
+        env,
+        format!(
+            "re-addressed {name} ({}) in {:.1}s: promoted, seen at {to_raft} by all {} managers {:.1}s later",
+            short(&t.node),
+            started.elapsed().as_secs_f64(),
+            env.managers.len(),
+            promoted.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(Outcome::Done)
+}
+
+const INFO: &str = "docker info --format '{{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}'";
+
+fn say(env: &Env, line: String) {
+    let _ = env.say.send(line);
+}
+
+async fn ssh(
+    env: &Env,
+    node: &str,
+    addr: Ipv4Addr,
+    what: &str,
+    cmd: &str,
+) -> Result<String, String> {
+    env.ctx
+        .ssh
+        .run(node, &addr.to_string(), what, cmd, b"", SSH_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn wait<F, Fut>(what: &str, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, String>>,
+{
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < STEP_TIMEOUT {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Err(format!(
+        "waited {}s for {what}{}",
+        STEP_TIMEOUT.as_secs(),
+        if last.is_empty() {
+            String::new()
+        } else {
+            format!(" (last error: {last})")
+        }
+    ))
+}
+
+/// Stops dockerd (and its socket, so nothing starts it half-way), writes the
+/// new addresses into `docker-state.json` (the old file kept next to it),
+/// starts dockerd and waits until it is back in the swarm. Every old address
+/// is replaced in one pass, so two nodes that swapped addresses are right.
+pub fn restart_script(map: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> String {
+    let mut sed = String::new();
+    for (i, old) in map.keys().enumerate() {
+        sed.push_str(&format!(
+            " -e 's/\"(AdvertiseAddr|LocalAddr|RemoteAddr|ListenAddr|DataPathAddr)\":\"{}(:[0-9]+)?\"/\"\\1\":\"@swarm-glue-{i}@\\2\"/g'",
+            old.to_string().replace('.', "\\.")
+        ));
+    }
+    for (i, new) in map.values().enumerate() {
+        sed.push_str(&format!(" -e 's/@swarm-glue-{i}@/{new}/g'"));
+    }
+    format!(
+        r#"set -eu
+root=$(docker info --format '{{{{.DockerRootDir}}}}')
+f="$root/swarm/docker-state.json"
+[ -f "$f" ] || {{ echo "$f is missing: this node is not in a swarm" >&2; exit 3; }}
+systemctl stop docker.socket docker.service
+cp -p "$f" "$f.swarm-glue-old"
+sed -E{sed} "$f.swarm-glue-old" > "$f.swarm-glue-new"
+chmod --reference="$f.swarm-glue-old" "$f.swarm-glue-new"
+mv "$f.swarm-glue-new" "$f"
+systemctl start docker.socket docker.service
+i=0
+until [ "$(docker info --format '{{{{.Swarm.LocalNodeState}}}}' 2>/dev/null)" = active ]; do
+  i=$((i+1)); [ $i -lt 120 ] || {{ echo "dockerd did not rejoin the swarm within 60s" >&2; exit 4; }}
+  sleep 0.5
+done
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("ip")
+    }
+
+    /// The script's sed program, run on a sample state file with real sed.
+    fn patch(map: &[(&str, &str)], state: &str) -> String {
+        let map: BTreeMap<Ipv4Addr, Ipv4Addr> = map.iter().map(|(a, b)| (ip(a), ip(b))).collect();
+        let script = restart_script(&map);
+        let line = script
+            .lines()
+            .find(|l| l.starts_with("sed -E"))
+            .expect("sed line")
+            .replace(" \"$f.swarm-glue-old\" > \"$f.swarm-glue-new\"", "");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s' '{state}' | {line}"))
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    #[test]
+    fn the_state_file_gets_the_new_addresses_in_one_pass() {
+        let state = r#"{"LocalAddr":"","RemoteAddr":"10.0.1.1:2377","ListenAddr":"0.0.0.0:2377","AdvertiseAddr":"10.0.1.2","DataPathAddr":"","JoinInProgress":false}"#;
+        let out = patch(&[("10.0.1.1", "10.0.2.9"), ("10.0.1.2", "10.0.2.7")], state);
+        assert_eq!(
+            out,
+            r#"{"LocalAddr":"","RemoteAddr":"10.0.2.9:2377","ListenAddr":"0.0.0.0:2377","AdvertiseAddr":"10.0.2.7","DataPathAddr":"","JoinInProgress":false}"#
+        );
+    }
+
+    #[test]
+    fn swapped_addresses_are_not_replaced_twice_and_lookalikes_are_left() {
+        let state = r#"{"RemoteAddr":"10.0.1.1:2377","AdvertiseAddr":"10.0.1.2:2377","LocalAddr":"10.0.1.22","ListenAddr":"10.0.1.1:2377"}"#;
+        let out = patch(&[("10.0.1.1", "10.0.1.2"), ("10.0.1.2", "10.0.1.1")], state);
+        assert_eq!(
+            out,
+            r#"{"RemoteAddr":"10.0.1.2:2377","AdvertiseAddr":"10.0.1.1:2377","LocalAddr":"10.0.1.22","ListenAddr":"10.0.1.2:2377"}"#
+        );
+    }
+}
