@@ -181,15 +181,17 @@ impl Daemon {
         recover_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.set_state("waiting for Docker".into());
+        // An absolute deadline: the recovery rounds must not keep pushing a
+        // look that is due further away.
+        let mut look_at = tokio::time::Instant::now();
         loop {
-            let due = self.next_due();
             let mut look = false;
             let mut recover = false;
             tokio::select! {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = tick.tick() => look = true,
-                _ = tokio::time::sleep(due) => look = true,
+                _ = tokio::time::sleep_until(look_at) => look = true,
                 ev = next_event(&mut self.events) => match ev {
                     Some(Ok(_)) => look = true,
                     Some(Err(e)) => self.lost_docker(format!("event stream: {e}")),
@@ -205,6 +207,11 @@ impl Daemon {
                     look = true;
                 }
             }
+            // While a recovery is under way every round looks at Docker
+            // afresh: roles and recorded addresses change under it.
+            if recover && self.recoverer.phase() != crate::plan::Phase::Idle {
+                look = true;
+            }
             // Every call is bounded: a swarm without quorum can leave writes
             // hanging; that says the swarm is stuck, not that Docker is gone.
             if look
@@ -217,6 +224,9 @@ impl Daemon {
                     "the swarm did not answer within {}s",
                     LOOK_TIMEOUT.as_secs()
                 ));
+            }
+            if look {
+                look_at = tokio::time::Instant::now() + self.next_due();
             }
             alive.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
             if recover

@@ -305,7 +305,15 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                         .collect();
                     todo.sort_by_key(|(id, _, _)| (*id == leader, (*id).clone()));
                 }
-                if let Some((id, from, to)) = todo.first() {
+                // Each step is checked from every manager: all must be up
+                // and proven (and re-addressing takes none out while one is
+                // down, so the swarm keeps its quorum).
+                let all_up = memory
+                    .nodes
+                    .iter()
+                    .filter(|(_, n)| n.role == Role::Manager)
+                    .all(|(id, _)| current.contains_key(id));
+                if let Some((id, from, to)) = todo.first().filter(|_| all_up) {
                     coordinator = self::coordinator(obs, memory, id) == memory.node_id;
                     if coordinator {
                         actions.push(Action::Readdress {
@@ -317,6 +325,15 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                 }
             }
         }
+    }
+    // A manager that cannot see its Docker has no say once quorum is back:
+    // the others re-address and clean up.
+    if obs.health == Health::DockerDown && next.phase != Phase::Rewrite {
+        return Plan {
+            actions,
+            next,
+            coordinator,
+        };
     }
     // Every agent must have its set of the current generation.
     let wanted_map = if next.phase == Phase::CleanUp {

@@ -61,6 +61,10 @@ pub struct Recoverer {
     heard_tx: mpsc::Sender<Event>,
     pub heard_rx: mpsc::Receiver<Event>,
     heard: BTreeMap<String, Heard>,
+    /// Addresses claimed for a manager and not proven yet, with who claimed
+    /// them. Claims are kept apart: Avahi re-announces a host's old record
+    /// after a move, and that stale claim must not undo a proven new one.
+    candidates: BTreeMap<String, BTreeMap<Ipv4Addr, Candidate>>,
     proven: BTreeMap<String, Ipv4Addr>,
     agent_port: u16,
     /// The re-addressing under way (this manager coordinates it): the node's
@@ -71,6 +75,18 @@ pub struct Recoverer {
     /// Why re-addressing last had to wait (said once, not every round).
     not_now: String,
 }
+
+/// A claimed address waiting for its proof.
+#[derive(Debug, Clone)]
+struct Candidate {
+    sender: IpAddr,
+    failures: u32,
+    next_try: std::time::Instant,
+}
+
+/// A claim that failed this often is dropped (it comes back if announced again).
+const MAX_PROOF_FAILURES: u32 = 5;
+const PROOF_RETRY: Duration = Duration::from_secs(4);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -111,6 +127,7 @@ impl Recoverer {
             heard_tx,
             heard_rx,
             heard: BTreeMap::new(),
+            candidates: BTreeMap::new(),
             proven: BTreeMap::new(),
             agent_port,
             readdressing: None,
@@ -213,10 +230,14 @@ impl Recoverer {
     }
 
     fn peers_moved(&self, memory: &Memory) -> bool {
-        self.heard.iter().any(|(node, h)| {
-            plan::remembered_addr(memory, node)
-                .is_some_and(|old| !h.announcement.addrs.contains(&old))
-        })
+        let moved = |node: &String, addr: &Ipv4Addr| {
+            plan::remembered_addr(memory, node).is_some_and(|old| old != *addr)
+        };
+        self.proven.iter().any(|(n, a)| moved(n, a))
+            || self
+                .candidates
+                .iter()
+                .any(|(n, c)| c.keys().any(|a| moved(n, a)))
     }
 
     /// Takes in an announcement: a hint about a remembered manager.
@@ -227,11 +248,13 @@ impl Recoverer {
                 return tracing::debug!("an mDNS announcement could not be read: {e}")
             }
             Event::Removed(service) => {
-                let proven = &mut self.proven;
+                // What was proven stays proven (a republish withdraws the
+                // old entry first); unproven claims go with the entry.
+                let candidates = &mut self.candidates;
                 self.heard.retain(|node, h| {
                     let keep = h.service != service;
                     if !keep {
-                        proven.remove(node);
+                        candidates.remove(node);
                     }
                     keep
                 });
@@ -260,22 +283,32 @@ impl Recoverer {
                 a.node
             );
         }
-        if self.heard.get(&a.node) != Some(&h) {
+        let proven = self.proven.get(&a.node).copied();
+        let claims = self.candidates.entry(a.node.clone()).or_default();
+        let mut new = Vec::new();
+        for addr in &a.addrs {
+            if Some(*addr) != proven && !claims.contains_key(addr) {
+                claims.insert(
+                    *addr,
+                    Candidate {
+                        sender: h.sender,
+                        failures: 0,
+                        next_try: std::time::Instant::now(),
+                    },
+                );
+                new.push(addr.to_string());
+            }
+        }
+        if !new.is_empty() {
             tracing::info!(
                 "heard manager {} at {} (from {} on {}); to be proven",
                 crate::docker::short(&a.node),
-                a.addrs
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                new.join(", "),
                 h.sender,
                 h.interface
             );
-            // A new claim must be proven again.
-            self.proven.remove(&a.node);
-            self.heard.insert(a.node.clone(), h);
         }
+        self.heard.insert(a.node.clone(), h);
     }
 
     /// Proves every heard but unproven claim: TLS on ADDR:2377 with a
@@ -284,16 +317,18 @@ impl Recoverer {
     /// An address this host rewrites proves nothing: the handshake would go
     /// to wherever the rewrite points.
     async fn prove(&mut self, memory: &Memory, rewritten: &[Ipv4Addr]) {
+        let now = std::time::Instant::now();
+        for claims in self.candidates.values_mut() {
+            claims.retain(|a, _| !rewritten.contains(a));
+        }
         let todo: Vec<(String, Ipv4Addr, IpAddr)> = self
-            .heard
+            .candidates
             .iter()
-            .filter(|(node, _)| !self.proven.contains_key(*node))
-            .flat_map(|(node, h)| {
-                h.announcement
-                    .addrs
+            .flat_map(|(node, claims)| {
+                claims
                     .iter()
-                    .filter(|a| !rewritten.contains(a))
-                    .map(move |a| (node.clone(), *a, h.sender))
+                    .filter(|(_, c)| c.next_try <= now)
+                    .map(move |(a, c)| (node.clone(), *a, c.sender))
             })
             .collect();
         let proofs = join_all(todo.iter().map(|(node, addr, _)| {
@@ -309,8 +344,10 @@ impl Recoverer {
         }))
         .await;
         for ((node, addr, sender), proof) in todo.into_iter().zip(proofs) {
+            let claims = self.candidates.entry(node.clone()).or_default();
             match proof {
                 Ok(_) => {
+                    claims.remove(&addr);
                     if self.proven.insert(node.clone(), addr) != Some(addr) {
                         tracing::info!(
                             "proven: manager {} is at {addr}",
@@ -318,7 +355,16 @@ impl Recoverer {
                         );
                     }
                 }
-                Err(e) => tracing::warn!("announcement from {sender} not accepted: {e}"),
+                Err(e) => {
+                    tracing::warn!("announcement from {sender} not accepted: {e}");
+                    if let Some(c) = claims.get_mut(&addr) {
+                        c.failures += 1;
+                        c.next_try = now + PROOF_RETRY;
+                        if c.failures >= MAX_PROOF_FAILURES {
+                            claims.remove(&addr);
+                        }
+                    }
+                }
             }
         }
     }

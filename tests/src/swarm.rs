@@ -120,8 +120,11 @@ pub fn form(lab: &Lab) -> Result<()> {
             "--label",
             "lab=probe",
             WORKLOAD_IMAGE,
-            "sleep",
-            "2000000000",
+            // Like a well-behaved service: it stops at once on SIGTERM (a
+            // bare `sleep` as PID 1 ignores it and waits out the 10 s grace).
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; sleep 2000000000 & wait",
         ],
     )?;
     wait_healthy(lab, Duration::from_secs(120))?;
