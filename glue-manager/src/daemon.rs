@@ -199,8 +199,7 @@ impl Daemon {
                 },
                 _ = recover_tick.tick() => recover = true,
                 Some(heard) = self.recoverer.heard_rx.recv() => {
-                    self.recoverer.heard(&self.memory, heard);
-                    recover = true;
+                    recover = self.recoverer.heard(&self.memory, heard);
                 }
                 Some((node, result)) = self.results.1.recv() => {
                     self.finished(node, result);
@@ -431,16 +430,18 @@ impl Daemon {
         }
         self.report.node_id = snap.node_id.clone();
         if self.recoverer.phase() != crate::plan::Phase::Idle {
-            // The memory is of the healthy swarm: while a recovery is under
-            // way (managers demoted and promoted, addresses half-changed) it
-            // stays as it was, and enrolments wait.
+            // While a recovery is under way the memory follows the addresses
+            // Docker records (a re-addressed manager is dialled at its new
+            // one if the hosts move again), but a manager demoted to be
+            // re-addressed stays a manager in it; enrolments wait.
             self.report.managers = registry.keys().cloned().collect();
+            self.remember(snap, &registry, true);
             if self.ctx.is_none() {
                 self.ctx = Some(Arc::new(self.make_ctx(docker.clone(), &snap.node_id)?));
             }
             return Ok(());
         }
-        self.remember(snap, &registry);
+        self.remember(snap, &registry, false);
         if self.ctx.is_none() {
             self.ctx = Some(Arc::new(self.make_ctx(docker.clone(), &snap.node_id)?));
         }
@@ -478,7 +479,12 @@ impl Daemon {
     }
 
     /// Persists what the healthy swarm looks like, if anything changed.
-    fn remember(&mut self, snap: &Snapshot, registry: &BTreeMap<String, ManagerKeys>) {
+    fn remember(
+        &mut self,
+        snap: &Snapshot,
+        registry: &BTreeMap<String, ManagerKeys>,
+        recovering: bool,
+    ) {
         let mut next = Memory {
             format: memory::FORMAT,
             cluster_id: snap.cluster_id.clone(),
@@ -489,14 +495,25 @@ impl Daemon {
             changed_at: unix_now(),
         };
         for n in &snap.nodes {
+            let mut role = n.role;
+            let mut manager_addr = n.manager_addr.clone();
+            if let Some(was) = self.memory.nodes.get(&n.id) {
+                if recovering && was.role == Role::Manager && n.role == Role::Worker {
+                    role = Role::Manager;
+                    manager_addr = was.manager_addr.clone();
+                    if let Some(keys) = self.memory.managers.get(&n.id) {
+                        next.managers.insert(n.id.clone(), keys.clone());
+                    }
+                }
+            }
             next.nodes.insert(
                 n.id.clone(),
                 NodeMemory {
                     hostname: n.hostname.clone(),
-                    role: n.role,
+                    role,
                     availability: n.availability.clone(),
                     addr: n.addr.clone(),
-                    manager_addr: n.manager_addr.clone(),
+                    manager_addr,
                     arch: n.arch.clone(),
                     agent: self.pins.get(&n.id).cloned(),
                 },

@@ -260,6 +260,8 @@ pub struct Avahi {
     conn: zbus::Connection,
     server: ServerProxy<'static>,
     server2: Server2Proxy<'static>,
+    /// Services the browser reported and did not remove: name → interface.
+    known: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, i32>>>,
 }
 
 /// What a published service reports.
@@ -282,6 +284,7 @@ impl Avahi {
             conn,
             server,
             server2,
+            known: Default::default(),
         })
     }
 
@@ -359,9 +362,13 @@ impl Avahi {
         let mut removed = browser.receive_item_remove().await?;
         browser.start().await?;
         let gone = tx.clone();
+        let known = self.known.clone();
         tokio::spawn(async move {
             while let Some(sig) = removed.next().await {
                 if let Ok(a) = sig.args() {
+                    if let Ok(mut k) = known.lock() {
+                        k.remove(a.name.as_ref() as &str);
+                    }
                     if gone.send(Event::Removed(a.name.to_string())).await.is_err() {
                         break;
                     }
@@ -371,11 +378,15 @@ impl Avahi {
         let conn = self.conn.clone();
         let server = self.server.clone();
         let server2 = self.server2.clone();
+        let known = self.known.clone();
         tokio::spawn(async move {
             let _browser = browser;
             while let Some(sig) = items.next().await {
                 let Ok(a) = sig.args() else { continue };
                 let (iface, name) = (a.interface, a.name.to_string());
+                if let Ok(mut k) = known.lock() {
+                    k.insert(name.clone(), iface);
+                }
                 let (conn, server, server2, tx) =
                     (conn.clone(), server.clone(), server2.clone(), tx.clone());
                 tokio::spawn(async move {
@@ -388,6 +399,32 @@ impl Avahi {
             }
         });
         Ok(())
+    }
+
+    /// Resolves every browsed service again. A host that moved publishes a
+    /// new record under the same name, and Avahi may first re-announce the
+    /// old one: the browser reports the name once, so what it says now is
+    /// only learnt by asking again.
+    pub fn refresh(&self, tx: &mpsc::Sender<Event>) {
+        let known: Vec<(String, i32)> = match self.known.lock() {
+            Ok(k) => k.iter().map(|(n, i)| (n.clone(), *i)).collect(),
+            Err(_) => return,
+        };
+        for (name, iface) in known {
+            let (conn, server, server2, tx) = (
+                self.conn.clone(),
+                self.server.clone(),
+                self.server2.clone(),
+                tx.clone(),
+            );
+            tokio::spawn(async move {
+                let event = match resolve(&conn, &server, &server2, iface, &name).await {
+                    Ok(h) => Event::Heard(h),
+                    Err(e) => Event::Unreadable(e),
+                };
+                let _ = tx.send(event).await;
+            });
+        }
     }
 
     /// `<hostname>.local` → its IPv4 address.

@@ -125,14 +125,26 @@ impl DockerApi {
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, DockerError> {
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| DockerError::Unreachable {
+        // A manager whose swarm lost its leader can take a long time to
+        // answer even `info`: that is a stuck swarm, not a Docker gone.
+        let info = match tokio::time::timeout(Duration::from_secs(3), self.docker.info()).await {
+            Ok(r) => r.map_err(|e| DockerError::Unreachable {
                 socket: self.socket.clone(),
                 message: e.to_string(),
-            })?;
+            })?,
+            Err(_) => {
+                return Ok(Snapshot {
+                    api_version: self.api_version.clone(),
+                    node_id: String::new(),
+                    local_state: "active".into(),
+                    cluster_id: String::new(),
+                    control_available: false,
+                    error: "docker info: no answer within 3s".into(),
+                    nodes: Vec::new(),
+                    root_ca_pem: String::new(),
+                })
+            }
+        };
         let swarm = info.swarm.unwrap_or_default();
         let mut snap = Snapshot {
             api_version: self.api_version.clone(),

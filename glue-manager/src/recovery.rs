@@ -24,7 +24,7 @@ use crate::memory::{Memory, Role};
 use crate::plan::{self, Action, AgentSeen, Health, Observation, Phase, Recovery};
 use crate::readdress::{self, Outcome};
 
-const PROOF_TIMEOUT: Duration = Duration::from_secs(3);
+const PROOF_TIMEOUT: Duration = Duration::from_secs(2);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
 const RAFT_PORT: u16 = 2377;
 
@@ -65,6 +65,9 @@ pub struct Recoverer {
     /// them. Claims are kept apart: Avahi re-announces a host's old record
     /// after a move, and that stale claim must not undo a proven new one.
     candidates: BTreeMap<String, BTreeMap<Ipv4Addr, Candidate>>,
+    /// Senders of refused claims already logged (a claim is heard again at
+    /// every round; it is logged once per sender and address).
+    warned: std::collections::BTreeSet<(IpAddr, String)>,
     proven: BTreeMap<String, Ipv4Addr>,
     agent_port: u16,
     /// The re-addressing under way (this manager coordinates it): the node's
@@ -128,6 +131,7 @@ impl Recoverer {
             heard_rx,
             heard: BTreeMap::new(),
             candidates: BTreeMap::new(),
+            warned: Default::default(),
             proven: BTreeMap::new(),
             agent_port,
             readdressing: None,
@@ -240,12 +244,14 @@ impl Recoverer {
                 .any(|(n, c)| c.keys().any(|a| moved(n, a)))
     }
 
-    /// Takes in an announcement: a hint about a remembered manager.
-    pub fn heard(&mut self, memory: &Memory, event: Event) {
+    /// Takes in an announcement: a hint about a remembered manager. True if
+    /// it brought an address not heard before (worth a round at once).
+    pub fn heard(&mut self, memory: &Memory, event: Event) -> bool {
         let h = match event {
             Event::Heard(h) => h,
             Event::Unreadable(e) => {
-                return tracing::debug!("an mDNS announcement could not be read: {e}")
+                tracing::debug!("an mDNS announcement could not be read: {e}");
+                return false;
             }
             Event::Removed(service) => {
                 // What was proven stays proven (a republish withdraws the
@@ -258,30 +264,35 @@ impl Recoverer {
                     }
                     keep
                 });
-                return;
+                return false;
             }
         };
         let a = &h.announcement;
         if a.node == memory.node_id || ignored_interface(&h.interface) {
-            return;
+            return false;
         }
         if a.cluster != memory.cluster_id {
-            return tracing::debug!(
+            tracing::debug!(
                 "announcement of another swarm ({}) from {}",
                 a.cluster,
                 h.sender
             );
+            return false;
         }
         let known_manager = memory
             .nodes
             .get(&a.node)
             .is_some_and(|n| n.role == Role::Manager);
         if !known_manager {
-            return tracing::warn!(
+            if !self.warned.insert((h.sender, a.node.clone())) {
+                return false;
+            }
+            tracing::warn!(
                 "ignored an announcement from {} claiming to be manager {}: no such manager is remembered",
                 h.sender,
                 a.node
             );
+            return false;
         }
         let proven = self.proven.get(&a.node).copied();
         let claims = self.candidates.entry(a.node.clone()).or_default();
@@ -309,6 +320,7 @@ impl Recoverer {
             );
         }
         self.heard.insert(a.node.clone(), h);
+        !new.is_empty()
     }
 
     /// Proves every heard but unproven claim: TLS on ADDR:2377 with a
@@ -356,7 +368,9 @@ impl Recoverer {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("announcement from {sender} not accepted: {e}");
+                    if self.warned.insert((sender, format!("{node} {addr}"))) {
+                        tracing::warn!("announcement from {sender} not accepted: {e}");
+                    }
                     if let Some(c) = claims.get_mut(&addr) {
                         c.failures += 1;
                         c.next_try = now + PROOF_RETRY;
@@ -427,6 +441,9 @@ impl Recoverer {
         let peers_moved = self.peers_moved(memory);
         if healthy && !mine_moved && !peers_moved && self.file.recovery.phase == Phase::Idle {
             return lines;
+        }
+        if let Some(avahi) = &self.avahi {
+            avahi.refresh(&self.heard_tx);
         }
         let rewritten = self.local_rules(memory, signing, seq).await;
         self.proven.retain(|_, a| !rewritten.contains(a));
