@@ -10,7 +10,7 @@ deps:
 	@./tests/host-setup.sh
 
 ## The main job: a real swarm in the lab is moved to a new network.
-demo: deps
+demo: deps release
 	$(LAB) demo
 
 ## Every test: formatting, lints, unit tests, the agent against real netfilter in

@@ -207,9 +207,15 @@ impl Daemon {
                 }
             }
             // While a recovery is under way every round looks at Docker
-            // afresh: roles and recorded addresses change under it.
+            // afresh: roles and recorded addresses change under it. The
+            // round goes first: announcing a new address must not wait for
+            // a swarm without leader to answer.
             if recover && self.recoverer.phase() != crate::plan::Phase::Idle {
                 look = true;
+            }
+            if recover && look {
+                self.recover_bounded().await;
+                recover = false;
             }
             // Every call is bounded: a swarm without quorum can leave writes
             // hanging; that says the swarm is stuck, not that Docker is gone.
@@ -228,15 +234,8 @@ impl Daemon {
                 look_at = tokio::time::Instant::now() + self.next_due();
             }
             alive.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
-            if recover
-                && tokio::time::timeout(LOOK_TIMEOUT, self.recover())
-                    .await
-                    .is_err()
-            {
-                tracing::warn!(
-                    "a recovery round took longer than {}s",
-                    LOOK_TIMEOUT.as_secs()
-                );
+            if recover {
+                self.recover_bounded().await;
             }
             self.write_report();
             alive.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
@@ -273,6 +272,18 @@ impl Daemon {
     fn error(&mut self, message: String) {
         tracing::error!("{message}");
         self.report.push_error(unix_now(), message);
+    }
+
+    async fn recover_bounded(&mut self) {
+        if tokio::time::timeout(LOOK_TIMEOUT, self.recover())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "a recovery round took longer than {}s",
+                LOOK_TIMEOUT.as_secs()
+            );
+        }
     }
 
     /// Discovery, and recovery when something is off.

@@ -260,8 +260,10 @@ pub struct Avahi {
     conn: zbus::Connection,
     server: ServerProxy<'static>,
     server2: Server2Proxy<'static>,
-    /// Services the browser reported and did not remove: name → interface.
-    known: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, i32>>>,
+    /// Services the browser reported and did not remove, as (interface
+    /// index, name): after a move the same name shows up on a new interface
+    /// before it is removed from the old one.
+    known: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(i32, String)>>>,
 }
 
 /// What a published service reports.
@@ -367,7 +369,7 @@ impl Avahi {
             while let Some(sig) = removed.next().await {
                 if let Ok(a) = sig.args() {
                     if let Ok(mut k) = known.lock() {
-                        k.remove(a.name.as_ref() as &str);
+                        k.remove(&(a.interface, a.name.to_string()));
                     }
                     if gone.send(Event::Removed(a.name.to_string())).await.is_err() {
                         break;
@@ -385,7 +387,7 @@ impl Avahi {
                 let Ok(a) = sig.args() else { continue };
                 let (iface, name) = (a.interface, a.name.to_string());
                 if let Ok(mut k) = known.lock() {
-                    k.insert(name.clone(), iface);
+                    k.insert((iface, name.clone()));
                 }
                 let (conn, server, server2, tx) =
                     (conn.clone(), server.clone(), server2.clone(), tx.clone());
@@ -406,11 +408,11 @@ impl Avahi {
     /// old one: the browser reports the name once, so what it says now is
     /// only learnt by asking again.
     pub fn refresh(&self, tx: &mpsc::Sender<Event>) {
-        let known: Vec<(String, i32)> = match self.known.lock() {
-            Ok(k) => k.iter().map(|(n, i)| (n.clone(), *i)).collect(),
+        let known: Vec<(i32, String)> = match self.known.lock() {
+            Ok(k) => k.iter().cloned().collect(),
             Err(_) => return,
         };
-        for (name, iface) in known {
+        for (iface, name) in known {
             let (conn, server, server2, tx) = (
                 self.conn.clone(),
                 self.server.clone(),

@@ -127,7 +127,7 @@ impl DockerApi {
     pub async fn snapshot(&self) -> Result<Snapshot, DockerError> {
         // A manager whose swarm lost its leader can take a long time to
         // answer even `info`: that is a stuck swarm, not a Docker gone.
-        let info = match tokio::time::timeout(Duration::from_secs(3), self.docker.info()).await {
+        let info = match tokio::time::timeout(Duration::from_secs(2), self.docker.info()).await {
             Ok(r) => r.map_err(|e| DockerError::Unreachable {
                 socket: self.socket.clone(),
                 message: e.to_string(),
@@ -139,7 +139,7 @@ impl DockerApi {
                     local_state: "active".into(),
                     cluster_id: String::new(),
                     control_available: false,
-                    error: "docker info: no answer within 3s".into(),
+                    error: "docker info: no answer within 2s".into(),
                     nodes: Vec::new(),
                     root_ca_pem: String::new(),
                 })
@@ -166,7 +166,7 @@ impl DockerApi {
         // these calls then fail and the snapshot says so.
         // Without a leader the call may hang until raft gives up.
         let nodes = tokio::time::timeout(
-            Duration::from_secs(5),
+            Duration::from_secs(3),
             self.docker.list_nodes(None::<ListNodesOptions>),
         )
         .await;
@@ -179,16 +179,16 @@ impl DockerApi {
             }
             Err(_) => {
                 snap.control_available = false;
-                snap.error = "listing nodes: no answer within 5s".into();
+                snap.error = "listing nodes: no answer within 3s".into();
                 return Ok(snap);
             }
         }
         let swarm =
-            match tokio::time::timeout(Duration::from_secs(5), self.docker.inspect_swarm()).await {
+            match tokio::time::timeout(Duration::from_secs(3), self.docker.inspect_swarm()).await {
                 Ok(r) => r.map_err(call("inspecting the swarm"))?,
                 Err(_) => {
                     snap.control_available = false;
-                    snap.error = "inspecting the swarm: no answer within 5s".into();
+                    snap.error = "inspecting the swarm: no answer within 3s".into();
                     return Ok(snap);
                 }
             };
@@ -415,7 +415,7 @@ impl DockerApi {
             self.docker.delete_secret(&id).await.ok()
         };
         matches!(
-            tokio::time::timeout(Duration::from_secs(5), write).await,
+            tokio::time::timeout(Duration::from_secs(2), write).await,
             Ok(Some(()))
         )
     }

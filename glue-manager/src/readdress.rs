@@ -139,13 +139,24 @@ async fn steps(env: &Env, t: &Target) -> Result<Outcome, String> {
         );
     }
     if node.role == Role::Worker || !recorded_new {
-        // The node itself must have left raft before its dockerd restarts.
+        // The node must have left raft and hold a worker's certificate before
+        // its dockerd restarts: restarted earlier, it starts a manager again
+        // and joins raft as a new member while being demoted (measured: the
+        // new member's dockerd then panics in raft).
         let gave_up = Instant::now();
         wait(
             &format!("{name} to give up its manager role"),
             || async move {
                 let out = ssh(env, &t.node, t.to, "docker info", INFO).await?;
-                Ok(out.split_whitespace().next() == Some("false"))
+                let mut f = out.split_whitespace();
+                let (control, _, worker) = (f.next(), f.next(), f.next());
+                if control != Some("false") || worker.unwrap_or("0") == "0" {
+                    return Ok(false);
+                }
+                let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
+                Ok(snap.nodes.iter().any(|n| {
+                    n.id == t.node && n.role == Role::Worker && n.manager_addr.is_none()
+                }))
             },
         )
         .await?;
@@ -223,7 +234,13 @@ async fn steps(env: &Env, t: &Target) -> Result<Outcome, String> {
     Ok(Outcome::Done)
 }
 
-const INFO: &str = "docker info --format '{{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}'";
+/// On the node: whether it runs a manager, the address it advertises, and
+/// whether its certificate is a worker's yet (count of `swarm-worker` in it).
+const INFO: &str = r#"set -e
+root=$(docker info --format '{{.DockerRootDir}}')
+state=$(docker info --format '{{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}')
+worker=$(awk '/BEGIN CERT/{f=1;next} /END CERT/{exit} f' "$root/swarm/certificates/swarm-node.crt" | base64 -d 2>/dev/null | grep -ac swarm-worker || true)
+echo "$state $worker""#;
 
 fn say(env: &Env, line: String) {
     let _ = env.say.send(line);

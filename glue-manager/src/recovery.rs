@@ -25,7 +25,7 @@ use crate::plan::{self, Action, AgentSeen, Health, Observation, Phase, Recovery}
 use crate::readdress::{self, Outcome};
 
 const PROOF_TIMEOUT: Duration = Duration::from_secs(2);
-const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
+const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 const RAFT_PORT: u16 = 2377;
 
 /// This host's usable IPv4 addresses (no loopback, Docker or bridge ones).
@@ -254,16 +254,10 @@ impl Recoverer {
                 return false;
             }
             Event::Removed(service) => {
-                // What was proven stays proven (a republish withdraws the
-                // old entry first); unproven claims go with the entry.
-                let candidates = &mut self.candidates;
-                self.heard.retain(|node, h| {
-                    let keep = h.service != service;
-                    if !keep {
-                        candidates.remove(node);
-                    }
-                    keep
-                });
+                // Claims stay until proven or refused: after a move a host's
+                // entry is removed from its old interface after it appeared
+                // on the new one, under the same name.
+                tracing::debug!("mDNS entry {service:?} removed");
                 return false;
             }
         };
@@ -383,6 +377,47 @@ impl Recoverer {
         }
     }
 
+    /// Asks mDNS for every remembered manager's `<hostname>.local`: an active
+    /// query the host answers at once, where a service record may take a
+    /// while to be re-announced after a move. Each answer is only a claim,
+    /// proven like the announced ones.
+    async fn resolve_managers(&mut self, memory: &Memory) {
+        let Some(avahi) = &self.avahi else {
+            return;
+        };
+        let managers: Vec<(&String, &str)> = memory
+            .nodes
+            .iter()
+            .filter(|(id, n)| n.role == Role::Manager && **id != memory.node_id)
+            .map(|(id, n)| (id, n.hostname.as_str()))
+            .collect();
+        let found = join_all(managers.iter().map(|(_, host)| async move {
+            tokio::time::timeout(PROOF_TIMEOUT, avahi.resolve_host(host)).await
+        }))
+        .await;
+        for ((id, host), r) in managers.into_iter().zip(found) {
+            let Ok(Ok(addr)) = r else { continue };
+            if self.proven.get(id) == Some(&addr) {
+                continue;
+            }
+            let claims = self.candidates.entry(id.clone()).or_default();
+            if !claims.contains_key(&addr) {
+                tracing::info!(
+                    "{host}.local (manager {}) resolves to {addr}; to be proven",
+                    crate::docker::short(id)
+                );
+                claims.insert(
+                    addr,
+                    Candidate {
+                        sender: IpAddr::V4(addr),
+                        failures: 0,
+                        next_try: std::time::Instant::now(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Takes in what the re-addressing task said and how it ended.
     async fn collect_readdressing(&mut self, lines: &mut Vec<String>) {
         while let Ok(line) = self.say_rx.try_recv() {
@@ -446,6 +481,7 @@ impl Recoverer {
             avahi.refresh(&self.heard_tx);
         }
         let rewritten = self.local_rules(memory, signing, seq).await;
+        self.resolve_managers(memory).await;
         self.proven.retain(|_, a| !rewritten.contains(a));
         self.prove(memory, &rewritten).await;
         let pending = match (&ctx, &health) {

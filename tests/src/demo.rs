@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::lab::{Addressing, Lab, LabSpec};
 use crate::rng::Rng;
-use crate::swarm;
+use crate::{recovery, swarm};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub managers: usize,
     pub workers: usize,
-    /// How long to watch the moved swarm for a leader.
+    /// How long to watch the moved swarm recover.
     pub watch: Duration,
     pub seed: Option<u64>,
     pub keep: bool,
@@ -24,7 +24,7 @@ impl Default for DemoOptions {
         DemoOptions {
             managers: 3,
             workers: 2,
-            watch: Duration::from_secs(60),
+            watch: Duration::from_secs(300),
             seed: None,
             keep: false,
         }
@@ -70,66 +70,66 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
             .map(|d| format!(" (node image built in {:.1}s)", d.as_secs_f64()))
             .unwrap_or_default()
     ));
-    let before = swarm::fingerprint_any(&lab)?;
+    let managers = lab.manager_names();
+    let names: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
+    let took = recovery::install_and_confirm(&lab, "", Duration::from_secs(240))?;
+    t.say(format!(
+        "swarm-glue installed: glue-manager on {}; every manager confirmed every node's agent after {:.1}s",
+        managers.join(", "),
+        took.as_secs_f64()
+    ));
     let health = swarm::health(&lab)?;
     t.say(format!("swarm is healthy: {health}"));
+    let before = recovery::fingerprint(&lab)?;
     t.say(format!("fingerprint: {}", before.summary()));
 
     let target = lab.free_subnet()?;
     let seed = opts.seed.unwrap_or_else(Rng::fresh_seed);
-    let all: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
-    let report = lab.move_nodes(&all, target, Addressing::Shuffled { seed })?;
-    let moved_at = Instant::now();
+    let moved_wall = std::time::SystemTime::now();
+    let report = lab.move_nodes(&names, target, Addressing::Shuffled { seed })?;
+    let moved_at = Instant::now() - report.took;
     t.say(format!(
-        "every host {report} in {:.2}s",
+        "every host {report} in {:.2}s; from now on nobody touches the swarm",
         report.took.as_secs_f64()
     ));
-    t.say("swarm-glue is not installed in this lab yet: watching the swarm on its own");
-
-    let mut lost_at = None;
-    let mut back_at = None;
-    while moved_at.elapsed() < opts.watch {
-        match swarm::leader(&lab) {
-            None if lost_at.is_none() => {
-                lost_at = Some(moved_at.elapsed());
-                t.say("the swarm has no leader: every manager dials the old addresses");
-            }
-            Some(leader) if lost_at.is_some() => {
-                back_at = Some(moved_at.elapsed());
-                t.say(format!("a leader is back: {leader}"));
-                break;
-            }
-            _ => {}
+    let since = |what: String| t.say(format!("+{:.1}s after the move: {what}", moved_at.elapsed().as_secs_f64()));
+    let outcome = recovery::watch(&lab, &managers, &names, moved_at, opts.watch, &since)?;
+    t.say("what glue-manager logged (journalctl -u glue-manager), by manager:");
+    let origin = recovery::unix_ms(moved_wall);
+    for (ms, m, line) in recovery::timelines(&lab, &managers) {
+        if ms + 1000 >= origin {
+            println!(
+                "           +{:>5.1}s {m}: {line}",
+                ms.saturating_sub(origin) as f64 / 1000.0
+            );
         }
-        std::thread::sleep(Duration::from_secs(2));
     }
-    let recovered = back_at.is_some() || lost_at.is_none();
-    let (ids_kept, lost) = if recovered {
-        let after = swarm::fingerprint_any(&lab)?;
-        let diff = before.diff(&after);
-        for d in &diff {
-            t.say(format!("changed: {d}"));
+    for p in &outcome.pending {
+        t.say(format!("not converged: {p}"));
+    }
+    let rewrites_left: usize = names
+        .iter()
+        .map(|n| recovery::rewrites_on(&lab, n).unwrap_or(0))
+        .sum();
+    let (ids_kept, lost) = match recovery::fingerprint(&lab) {
+        Ok(after) => {
+            let losses = recovery::losses(&before, &after, &managers);
+            for d in &losses {
+                t.say(format!("changed: {d}"));
+            }
+            let kept = recovery::ids(&before) == recovery::ids(&after);
+            (if kept { "yes" } else { "no" }, losses.len().to_string())
         }
-        (
-            if diff.is_empty() { "yes" } else { "no" },
-            diff.len().to_string(),
-        )
-    } else {
-        t.say(format!(
-            "still no leader {:.0}s after the move: the swarm is dead without swarm-glue",
-            moved_at.elapsed().as_secs_f64()
-        ));
-        ("unknown", "unknown".to_string())
+        Err(e) => {
+            t.say(format!("the swarm cannot be fingerprinted: {e}"));
+            ("unknown", "unknown".to_string())
+        }
     };
-    let secs = |d: Option<Duration>| d.map_or("none".into(), |d| format!("{:.1}", d.as_secs_f64()));
     let result = format!(
-        "RESULT swarm_glue=absent nodes={} moved={} leader_lost_s={} quorum_s={} recovered={} ids_kept={ids_kept} lost={lost} watched_s={:.0}",
+        "RESULT quorum_s={} converged_s={} nodes={} ids_kept={ids_kept} lost={lost} rewrites_left={rewrites_left}",
+        recovery::secs(outcome.quorum),
+        recovery::secs(outcome.converged),
         lab.nodes().len(),
-        report.moves.len(),
-        secs(lost_at),
-        secs(back_at),
-        if recovered { "yes" } else { "no" },
-        opts.watch.as_secs_f64()
     );
     if opts.keep {
         t.say(format!(

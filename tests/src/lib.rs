@@ -8,6 +8,7 @@ pub mod glue;
 pub mod image;
 pub mod lab;
 pub mod net;
+pub mod recovery;
 pub mod rng;
 pub mod swarm;
 

@@ -122,7 +122,7 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         workers: usize,
         /// Seconds to watch the moved swarm.
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 300)]
         watch: u64,
         #[arg(long)]
         seed: Option<u64>,

@@ -1,0 +1,288 @@
+//! Watching swarm-glue bring a moved lab swarm back, from the outside: the
+//! demo, the recovery scenarios and the recovery benchmark share this.
+//!
+//! Everything here is judged by what the real daemons say: a raft write for
+//! "the swarm has a leader again", `docker node inspect` on every manager for
+//! the recorded addresses, `iptables-save` on every node for rewrites left.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{LabError, Result};
+use crate::glue::{self, Binaries};
+use crate::lab::Lab;
+use crate::swarm::{self, Fingerprint};
+use crate::{par_map, wait_for};
+
+/// Names of swarm objects that swarm-glue (or this probe) creates and removes
+/// on its own; not part of the user's swarm.
+const TRANSIENT: [&str; 4] = [
+    "swarm-glue-lock-",
+    "swarm-glue-quorum-",
+    "swarm-glue-readdress-",
+    "lab-quorum-",
+];
+
+/// Installs and starts glue-manager on every manager (lab settings plus
+/// `extra` config), then waits until every manager reports every node's
+/// agent confirmed.
+pub fn install_and_confirm(lab: &Lab, extra: &str, timeout: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let bins = Binaries::locate()?;
+    let config = glue::lab_manager_config(extra);
+    let managers = lab.manager_names();
+    par_map(&managers, |m| glue::install_manager(lab, m, &bins, &config))?;
+    par_map(&managers, |m| glue::start_manager(lab, m))?;
+    let nodes = lab.nodes().len();
+    wait_for(
+        "every manager to confirm every node's agent",
+        timeout,
+        Duration::from_secs(2),
+        || {
+            let ok = par_map(&managers, |m| {
+                Ok(glue::manager_report(lab, m)?
+                    .map(|r| confirmed(&r) == nodes)
+                    .unwrap_or(false))
+            })?;
+            Ok(ok.iter().all(|x| *x).then_some(()))
+        },
+    )?;
+    Ok(started.elapsed())
+}
+
+fn confirmed(report: &serde_json::Value) -> usize {
+    report["nodes"]
+        .as_object()
+        .map(|n| {
+            n.values()
+                .filter(|v| v["state"].as_str() == Some("confirmed"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Whether the swarm commits a write now (a leader that lost its followers
+/// still answers reads): a secret created and removed through any manager.
+pub fn writable(lab: &Lab, managers: &[String]) -> bool {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let answers = par_map(managers, |m| {
+        let name = format!("lab-quorum-{m}-{stamp}");
+        Ok(lab
+            .sh(
+                m,
+                &format!(
+                    "echo x | timeout 3 docker secret create {name} - >/dev/null && timeout 5 docker secret rm {name} >/dev/null"
+                ),
+            )
+            .is_ok())
+    })
+    .unwrap_or_default();
+    answers.into_iter().any(|x| x)
+}
+
+/// What still keeps the recovery from being complete, as seen from every
+/// running manager and node; empty when it is complete.
+pub fn not_converged(lab: &Lab, managers: &[String], nodes: &[String]) -> Result<Vec<String>> {
+    let addrs = lab.addresses()?;
+    let mut out = Vec::new();
+    let views = par_map(managers, |m| Ok((m.clone(), swarm::nodes(lab, m))))?;
+    for (m, view) in views {
+        let view = match view {
+            Ok(v) => v,
+            Err(e) => {
+                out.push(format!("{m} cannot list the nodes: {e}"));
+                continue;
+            }
+        };
+        for n in &view {
+            if n.state != "ready" {
+                out.push(format!("{m} sees {} {}", n.hostname, n.state));
+            }
+            let Some(manager_addr) = &n.manager_addr else {
+                continue;
+            };
+            let want = addrs
+                .get(&n.hostname)
+                .copied()
+                .flatten()
+                .map(|a| format!("{a}:2377"));
+            if want.as_deref() != Some(manager_addr.as_str()) {
+                out.push(format!(
+                    "{m} records {} at {manager_addr}, it is at {}",
+                    n.hostname,
+                    want.unwrap_or_else(|| "?".into())
+                ));
+            }
+            if n.reachability.as_deref() == Some("unreachable") {
+                out.push(format!("{m} sees manager {} unreachable", n.hostname));
+            }
+        }
+    }
+    for (n, left) in nodes.iter().zip(par_map(nodes, |n| rewrites_on(lab, n))?) {
+        if left > 0 {
+            out.push(format!("{n} has {left} rewrite rules"));
+        }
+    }
+    for (m, phase) in managers.iter().zip(par_map(managers, |m| phase(lab, m))?) {
+        if phase != "idle" {
+            out.push(format!("glue-manager on {m} is in phase {phase}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Rules of swarm-glue in force on `node`.
+pub fn rewrites_on(lab: &Lab, node: &str) -> Result<usize> {
+    let out = lab.sh(node, "iptables-save -t nat | grep -c -- '-j DNAT.*swarm-glue' || true")?;
+    Ok(out.trim().parse().unwrap_or(0))
+}
+
+/// The recovery phase glue-manager on `node` reports.
+pub fn phase(lab: &Lab, node: &str) -> Result<String> {
+    Ok(glue::manager_report(lab, node)?
+        .and_then(|r| r["recovery"]["recovery"]["phase"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into()))
+}
+
+/// The recovery's timeline lines from every manager: (unix ms, manager, line).
+pub fn timelines(lab: &Lab, managers: &[String]) -> Vec<(u64, String, String)> {
+    let mut out = Vec::new();
+    for m in managers {
+        let Ok(Some(r)) = glue::manager_report(lab, m) else {
+            continue;
+        };
+        for e in r["recovery"]["timeline"].as_array().into_iter().flatten() {
+            if let (Some(t), Some(line)) = (e[0].as_u64(), e[1].as_str()) {
+                out.push((t, m.clone(), line.to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the watch of a moved swarm found.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub quorum: Option<Duration>,
+    pub converged: Option<Duration>,
+    /// Why it had not converged when the watch ended.
+    pub pending: Vec<String>,
+}
+
+/// Polls the moved swarm until it has converged or `timeout` passed since
+/// `moved_at`; `say` is told when quorum returns and when it converged.
+pub fn watch(
+    lab: &Lab,
+    managers: &[String],
+    nodes: &[String],
+    moved_at: Instant,
+    timeout: Duration,
+    say: &dyn Fn(String),
+) -> Result<Outcome> {
+    let mut o = Outcome::default();
+    while moved_at.elapsed() < timeout {
+        if o.quorum.is_none() && writable(lab, managers) {
+            o.quorum = Some(moved_at.elapsed());
+            say("the swarm commits writes again".into());
+        }
+        if o.quorum.is_some() {
+            let left = not_converged(lab, managers, nodes)?;
+            if left.is_empty() {
+                o.converged = Some(moved_at.elapsed());
+                say("converged: every manager recorded at its new address, seen from every manager; no rewrite left on any node".into());
+                o.pending.clear();
+                return Ok(o);
+            }
+            o.pending = left;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if o.quorum.is_none() {
+        o.pending = vec!["the swarm never committed a write".into()];
+    }
+    Ok(o)
+}
+
+/// Differences between two fingerprints that a recovery must not cause:
+/// everything, except that a task on a manager may have been replaced by a
+/// new one for the same slot on the same node (its dockerd was restarted),
+/// and the objects swarm-glue creates and removes by itself.
+pub fn losses(before: &Fingerprint, after: &Fingerprint, managers: &[String]) -> Vec<String> {
+    let strip = |fp: &Fingerprint| {
+        let mut fp = fp.clone();
+        fp.secrets
+            .retain(|_, name| !TRANSIENT.iter().any(|p| name.starts_with(p)));
+        fp
+    };
+    let (b, a) = (strip(before), strip(after));
+    let manager_ids: Vec<&String> = b
+        .nodes
+        .iter()
+        .filter(|(_, n)| managers.contains(&n.hostname))
+        .map(|(id, _)| id)
+        .collect();
+    let mut out: Vec<String> = b
+        .diff(&a)
+        .into_iter()
+        .filter(|d| !d.starts_with("task "))
+        .collect();
+    // Tasks: by ID on workers; by (service, node, slot) on managers.
+    let on_manager = |t: &swarm::TaskFp| manager_ids.contains(&&t.node);
+    for (id, t) in &b.tasks {
+        match a.tasks.get(id) {
+            Some(x) if x == t => {}
+            Some(x) => out.push(format!("task {id} changed: {t:?} -> {x:?}")),
+            None if on_manager(t) => {
+                let replaced = a.tasks.values().any(|x| {
+                    x.service == t.service
+                        && x.node == t.node
+                        && x.slot == t.slot
+                        && x.state == "running"
+                });
+                if !replaced {
+                    out.push(format!("task {id} on a manager is gone and not replaced: {t:?}"));
+                }
+            }
+            None => out.push(format!("task {id} on a worker is gone: {t:?}")),
+        }
+    }
+    for (id, x) in &a.tasks {
+        if !b.tasks.contains_key(id) && !on_manager(x) {
+            out.push(format!("task {id} is new on a worker: {x:?}"));
+        }
+    }
+    out
+}
+
+/// Every manager's node ID as the swarm names them, by hostname.
+pub fn ids(fp: &Fingerprint) -> BTreeMap<String, String> {
+    fp.nodes
+        .iter()
+        .map(|(id, n)| (n.hostname.clone(), id.clone()))
+        .collect()
+}
+
+pub fn secs(d: Option<Duration>) -> String {
+    d.map_or("none".into(), |d| format!("{:.1}", d.as_secs_f64()))
+}
+
+/// A fingerprint taken once the swarm answers everywhere.
+pub fn fingerprint(lab: &Lab) -> Result<Fingerprint> {
+    wait_for(
+        "a fingerprint of the swarm",
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        || Ok(swarm::fingerprint_any(lab).ok()),
+    )
+    .map_err(|e| LabError::Invalid(format!("{e}")))
+}
