@@ -37,7 +37,9 @@ release:
 	$(CARGO) build --release -p glue-manager -p glue-node-agent
 
 lab-tests: release
-	$(CARGO) test -p swarm-glue-lab --test baseline --test manager -- --nocapture
+	$(CARGO) test -p swarm-glue-lab --test baseline --test manager --test recovery -- --nocapture
+
+RECOVERY_RUNS ?= 5
 
 ## Figures, printed as BENCH lines: the agent (size, idle RSS, applying 20
 ## rewrites), the manager at rest on a lab swarm (RSS, CPU over 5 minutes),
@@ -46,6 +48,8 @@ bench: deps release
 	$(CARGO) bench -p glue-node-agent
 	$(CARGO) bench -p glue-manager
 	$(LAB) bench --rebuild-image
+	$(LAB) bench-recovery --managers 3 --runs $(RECOVERY_RUNS)
+	$(LAB) bench-recovery --managers 5 --runs $(RECOVERY_RUNS)
 
 ## Nothing of any lab may be left on this machine after the tests.
 check-clean:

@@ -154,9 +154,10 @@ async fn steps(env: &Env, t: &Target) -> Result<Outcome, String> {
                     return Ok(false);
                 }
                 let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
-                Ok(snap.nodes.iter().any(|n| {
-                    n.id == t.node && n.role == Role::Worker && n.manager_addr.is_none()
-                }))
+                Ok(snap
+                    .nodes
+                    .iter()
+                    .any(|n| n.id == t.node && n.role == Role::Worker && n.manager_addr.is_none()))
             },
         )
         .await?;

@@ -92,7 +92,12 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
         "every host {report} in {:.2}s; from now on nobody touches the swarm",
         report.took.as_secs_f64()
     ));
-    let since = |what: String| t.say(format!("+{:.1}s after the move: {what}", moved_at.elapsed().as_secs_f64()));
+    let since = |what: String| {
+        t.say(format!(
+            "+{:.1}s after the move: {what}",
+            moved_at.elapsed().as_secs_f64()
+        ))
+    };
     let outcome = recovery::watch(&lab, &managers, &names, moved_at, opts.watch, &since)?;
     t.say("what glue-manager logged (journalctl -u glue-manager), by manager:");
     let origin = recovery::unix_ms(moved_wall);
@@ -111,6 +116,20 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
         .iter()
         .map(|n| recovery::rewrites_on(&lab, n).unwrap_or(0))
         .sum();
+    if outcome.converged.is_some() {
+        // A manager's own task stopped with its dockerd; give the swarm
+        // the time to start it again before comparing.
+        let back = crate::wait_for(
+            "every task running again",
+            Duration::from_secs(90),
+            Duration::from_secs(2),
+            || Ok(swarm::health(&lab).ok().filter(|h| h.is_healthy())),
+        );
+        match back {
+            Ok(h) => since(format!("every service at full strength: {h}")),
+            Err(e) => t.say(format!("{e}")),
+        }
+    }
     let (ids_kept, lost) = match recovery::fingerprint(&lab) {
         Ok(after) => {
             let losses = recovery::losses(&before, &after, &managers);

@@ -136,14 +136,21 @@ pub fn not_converged(lab: &Lab, managers: &[String], nodes: &[String]) -> Result
 
 /// Rules of swarm-glue in force on `node`.
 pub fn rewrites_on(lab: &Lab, node: &str) -> Result<usize> {
-    let out = lab.sh(node, "iptables-save -t nat | grep -c -- '-j DNAT.*swarm-glue' || true")?;
+    let out = lab.sh(
+        node,
+        "iptables-save -t nat | grep -c -- '-j DNAT.*swarm-glue' || true",
+    )?;
     Ok(out.trim().parse().unwrap_or(0))
 }
 
 /// The recovery phase glue-manager on `node` reports.
 pub fn phase(lab: &Lab, node: &str) -> Result<String> {
     Ok(glue::manager_report(lab, node)?
-        .and_then(|r| r["recovery"]["recovery"]["phase"].as_str().map(str::to_string))
+        .and_then(|r| {
+            r["recovery"]["recovery"]["phase"]
+                .as_str()
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "unknown".into()))
 }
 
@@ -250,7 +257,9 @@ pub fn losses(before: &Fingerprint, after: &Fingerprint, managers: &[String]) ->
                         && x.state == "running"
                 });
                 if !replaced {
-                    out.push(format!("task {id} on a manager is gone and not replaced: {t:?}"));
+                    out.push(format!(
+                        "task {id} on a manager is gone and not replaced: {t:?}"
+                    ));
                 }
             }
             None => out.push(format!("task {id} on a worker is gone: {t:?}")),

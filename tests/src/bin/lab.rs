@@ -140,6 +140,50 @@ enum Command {
         #[arg(long)]
         rebuild_image: bool,
     },
+    /// Time recoveries: swarm-glue on the managers, every host moved `runs`
+    /// times; prints the median and worst time to a leader and to convergence.
+    BenchRecovery {
+        #[arg(long, default_value_t = 3)]
+        managers: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+/// Moves every host `runs` times; (time to a leader, time to convergence)
+/// of each run, in seconds. A run that does not converge is an error.
+fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    use swarm_glue_lab::recovery;
+    recovery::install_and_confirm(lab, "", Duration::from_secs(300))?;
+    let managers = lab.manager_names();
+    let all: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
+    let (mut quorum, mut converged) = (Vec::new(), Vec::new());
+    for run in 1..=runs.max(1) {
+        let target = lab.free_subnet()?;
+        let report = lab.move_nodes(&all, target, Addressing::Shuffled { seed: run as u64 })?;
+        let moved_at = Instant::now() - report.took;
+        let o = recovery::watch(
+            lab,
+            &managers,
+            &all,
+            moved_at,
+            Duration::from_secs(400),
+            &|_| {},
+        )?;
+        let (Some(q), Some(c)) = (o.quorum, o.converged) else {
+            bail!("run {run} did not converge: {:?}", o.pending);
+        };
+        println!(
+            "run {run}: leader after {:.1}s, converged after {:.1}s",
+            q.as_secs_f64(),
+            c.as_secs_f64()
+        );
+        quorum.push(q.as_secs_f64());
+        converged.push(c.as_secs_f64());
+    }
+    Ok((quorum, converged))
 }
 
 fn main() -> ExitCode {
@@ -276,6 +320,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 keep,
             })?;
+        }
+        Command::BenchRecovery {
+            managers,
+            workers,
+            runs,
+        } => {
+            let lab = Lab::up(&LabSpec {
+                managers,
+                workers,
+                ..LabSpec::default()
+            })?;
+            let result = bench_recovery(&lab, runs);
+            let down = lab.down();
+            let (quorum, converged) = result?;
+            down.map_err(|errs| {
+                anyhow::anyhow!(errs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            })?;
+            let figures = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                (v[v.len() / 2], v[v.len() - 1])
+            };
+            let (qm, qw) = figures(quorum);
+            let (cm, cw) = figures(converged);
+            let tag = format!("recovery.m{managers}");
+            bench(&format!("{tag}.leader_median_s"), qm, "s");
+            bench(&format!("{tag}.leader_worst_s"), qw, "s");
+            bench(&format!("{tag}.converged_median_s"), cm, "s");
+            bench(&format!("{tag}.converged_worst_s"), cw, "s");
         }
         Command::Bench {
             managers,

@@ -1,0 +1,273 @@
+//! The mission, on real daemons: a swarm whose hosts move to another network
+//! comes back by itself, and nothing is lost. One lab (3 managers, 2
+//! workers, glue-manager on the managers) goes through, in turn:
+//!
+//! 1. every host moves at once, while a worker announces itself over mDNS as
+//!    manager m2 at its own address (a rogue claim): the swarm regains a
+//!    leader and converges — every manager recorded at its new address as
+//!    seen from every manager, no rewrite left, node IDs, labels, services,
+//!    configs, secrets and worker tasks unchanged — the rogue claim is
+//!    refused and logged with its sender; stable for 60 s and after the
+//!    leader's dockerd restarts;
+//! 2. only the managers move;
+//! 3. every host moves and glue-manager is SIGKILLed on the manager that is
+//!    re-addressing another (systemd restarts it);
+//! 4. one manager is down while the others move, and comes back (on its old
+//!    network, then moved) later.
+//!
+//! Needs root, Docker and the release binaries (`make test` has all three).
+
+use std::time::{Duration, Instant};
+
+use swarm_glue_lab::recovery::{self, Outcome};
+use swarm_glue_lab::rng::Rng;
+use swarm_glue_lab::swarm::{self, Fingerprint};
+use swarm_glue_lab::{bench, par_map, wait_for, Addressing, Lab, LabSpec};
+
+const WATCH: Duration = Duration::from_secs(300);
+
+fn say(msg: String) {
+    println!("  {msg}");
+}
+
+struct Run<'a> {
+    lab: &'a Lab,
+    managers: Vec<String>,
+    nodes: Vec<String>,
+}
+
+impl Run<'_> {
+    /// Moves `which` to a fresh subnet and watches until converged; panics
+    /// with what is left when it does not.
+    fn move_and_recover(&self, name: &str, which: &[String]) -> (Outcome, Fingerprint) {
+        let before = recovery::fingerprint(self.lab).expect("fingerprint before");
+        let outcome = self.move_only(name, which, |_| {});
+        self.assert_recovered(name, &before, &outcome);
+        (outcome, before)
+    }
+
+    /// Moves and watches; `during` runs right after the move.
+    fn move_only(&self, name: &str, which: &[String], during: impl FnOnce(Instant)) -> Outcome {
+        let target = self.lab.free_subnet().expect("a free subnet");
+        let seed = Rng::fresh_seed();
+        let report = self
+            .lab
+            .move_nodes(which, target, Addressing::Shuffled { seed })
+            .expect("move");
+        let moved_at = Instant::now() - report.took;
+        println!("{name}: {report}");
+        during(moved_at);
+        let o = recovery::watch(
+            self.lab,
+            &self.managers,
+            &self.nodes,
+            moved_at,
+            WATCH,
+            &|l| say(format!("+{:.1}s {l}", moved_at.elapsed().as_secs_f64())),
+        )
+        .expect("watch");
+        bench(&format!("recovery.{name}.quorum_s"), secs(o.quorum), "s");
+        bench(
+            &format!("recovery.{name}.converged_s"),
+            secs(o.converged),
+            "s",
+        );
+        o
+    }
+
+    fn assert_recovered(&self, name: &str, before: &Fingerprint, o: &Outcome) {
+        assert!(
+            o.converged.is_some(),
+            "{name}: not converged within {}s: {:#?}\ntimeline: {:#?}",
+            WATCH.as_secs(),
+            o.pending,
+            recovery::timelines(self.lab, &self.managers)
+        );
+        let after = wait_for(
+            "every task back",
+            Duration::from_secs(90),
+            Duration::from_secs(2),
+            || {
+                let h = swarm::health(self.lab)?;
+                Ok(h.is_healthy()
+                    .then(|| recovery::fingerprint(self.lab).ok())
+                    .flatten())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let losses = recovery::losses(before, &after, &self.managers);
+        assert!(losses.is_empty(), "{name}: the swarm changed: {losses:#?}");
+        assert_eq!(
+            recovery::ids(before),
+            recovery::ids(&after),
+            "{name}: node IDs"
+        );
+    }
+}
+
+fn secs(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64())
+}
+
+fn journal(lab: &Lab, node: &str) -> String {
+    lab.sh(node, "journalctl -u glue-manager -o cat --no-pager")
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
+    let lab =
+        Lab::up(&LabSpec::default()).unwrap_or_else(|e| panic!("the lab could not start: {e}"));
+    let run = Run {
+        lab: &lab,
+        managers: lab.manager_names(),
+        nodes: lab.nodes().iter().map(|n| n.name.clone()).collect(),
+    };
+    recovery::install_and_confirm(&lab, "", Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("swarm-glue could not be installed: {e}"));
+
+    // 1. Everything moves; w1 claims to be m2 meanwhile.
+    let fp = recovery::fingerprint(&lab).expect("fingerprint");
+    let ids = recovery::ids(&fp);
+    let cluster = lab
+        .exec("m1", &["docker", "info", "-f", "{{.Swarm.Cluster.ID}}"])
+        .expect("cluster ID")
+        .trim()
+        .to_string();
+    let all = run.nodes.clone();
+    let before = fp;
+    let o = run.move_only("all_moved", &all, |_| {
+        let w1 = lab.address("w1").ok().flatten().expect("w1 address");
+        let claim = format!(
+            "nohup avahi-publish -s 'swarm-glue rogue' _swarm-glue._tcp 7950 v=1 cluster={cluster} node={} addrs={w1} agent=7950 >/dev/null 2>&1 &",
+            ids["m2"]
+        );
+        lab.sh("w1", &claim).expect("rogue announcer");
+    });
+    run.assert_recovered("all_moved", &before, &o);
+    let w1 = lab
+        .address("w1")
+        .ok()
+        .flatten()
+        .expect("w1 address")
+        .to_string();
+    let refused = run
+        .managers
+        .iter()
+        .filter(|m| journal(&lab, m).contains(&format!("announcement from {w1} not accepted")))
+        .count();
+    assert!(
+        refused > 0,
+        "no manager logged the rogue claim from {w1} as not accepted"
+    );
+    lab.sh("w1", "pkill avahi-publish || true")
+        .expect("stop rogue");
+
+    // ... stable for 60 s, and after the leader's dockerd restarts.
+    let stable_from = Instant::now();
+    while stable_from.elapsed() < Duration::from_secs(60) {
+        let left = recovery::not_converged(&lab, &run.managers, &run.nodes).expect("check");
+        assert!(left.is_empty(), "not stable after clean-up: {left:#?}");
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let leader = swarm::leader(&lab).expect("a leader");
+    lab.restart_docker(&leader)
+        .expect("restart the leader's dockerd");
+    let left = wait_for(
+        "the swarm to be whole after the leader's dockerd restarted",
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        || {
+            let h = swarm::health(&lab)?;
+            let left = recovery::not_converged(&lab, &run.managers, &run.nodes)?;
+            Ok((h.is_healthy() && left.is_empty()).then_some(()))
+        },
+    );
+    assert!(left.is_ok(), "{left:?}");
+
+    // 2. Only the managers move.
+    run.move_and_recover("managers_moved", &run.managers);
+
+    // 3. glue-manager is killed on the manager that re-addresses another.
+    let before = recovery::fingerprint(&lab).expect("fingerprint");
+    let mut killed = String::new();
+    let o = run.move_only("killed_while_readdressing", &all, |_| {
+        let coordinator = wait_for(
+            "a manager to start re-addressing another",
+            Duration::from_secs(180),
+            Duration::from_millis(500),
+            || {
+                let t = recovery::timelines(&lab, &run.managers);
+                Ok(t.iter()
+                    .rev()
+                    .find(|(_, _, l)| l.contains(": demoted, to rejoin raft"))
+                    .map(|(_, m, _)| m.clone()))
+            },
+        )
+        .expect("re-addressing starts");
+        lab.sh(
+            &coordinator,
+            "systemctl kill --signal=KILL glue-manager.service",
+        )
+        .expect("SIGKILL");
+        say(format!("SIGKILLed glue-manager on {coordinator}"));
+        killed = coordinator;
+    });
+    run.assert_recovered("killed_while_readdressing", &before, &o);
+    let restarts = lab
+        .sh(
+            &killed,
+            "systemctl show -p NRestarts --value glue-manager.service",
+        )
+        .expect("NRestarts");
+    assert_ne!(
+        restarts.trim(),
+        "0",
+        "systemd restarted glue-manager on {killed}"
+    );
+
+    // 4. m3 is down while the others move; it comes back later.
+    let before = recovery::fingerprint(&lab).expect("fingerprint");
+    lab.stop("m3").expect("stop m3");
+    let others: Vec<String> = all.iter().filter(|n| *n != "m3").cloned().collect();
+    let target = lab.free_subnet().expect("a free subnet");
+    let report = lab
+        .move_nodes(
+            &others,
+            target,
+            Addressing::Shuffled {
+                seed: Rng::fresh_seed(),
+            },
+        )
+        .expect("move");
+    let moved_at = Instant::now() - report.took;
+    println!("one_down: m3 stopped; {report}");
+    let up: Vec<String> = vec!["m1".into(), "m2".into()];
+    let quorum = wait_for(
+        "quorum with m3 down",
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        || Ok(recovery::writable(&lab, &up).then(|| moved_at.elapsed())),
+    )
+    .expect("the two managers up regain quorum");
+    bench("recovery.one_down.quorum_s", quorum.as_secs_f64(), "s");
+    lab.start("m3").expect("start m3");
+    let rest = lab
+        .move_nodes(
+            &["m3".to_string()],
+            target,
+            Addressing::Shuffled {
+                seed: Rng::fresh_seed(),
+            },
+        )
+        .expect("move m3");
+    println!("one_down: m3 back, {rest}");
+    let o = recovery::watch(&lab, &run.managers, &run.nodes, moved_at, WATCH, &|l| {
+        say(format!("+{:.1}s {l}", moved_at.elapsed().as_secs_f64()))
+    })
+    .expect("watch");
+    run.assert_recovered("one_down", &before, &o);
+    let clean = par_map(&run.nodes, |n| recovery::rewrites_on(&lab, n)).expect("rules");
+    assert!(clean.iter().all(|c| *c == 0), "rewrites left: {clean:?}");
+    swarm_glue_lab::lab::tear_down_checked(lab);
+}
