@@ -625,8 +625,16 @@ impl Recoverer {
             }))
             .await;
             for ((id, _), r) in workers.into_iter().zip(found) {
-                if let Ok(Ok(addr)) = r {
-                    where_.push((id.clone(), addr));
+                match r {
+                    Ok(Ok(addr)) => where_.push((id.clone(), addr)),
+                    // A worker on another link (it did not move, or moved
+                    // elsewhere) is not heard over mDNS: try where it was.
+                    // Only its pinned key can sign the answer.
+                    _ => {
+                        if let Some(addr) = plan::remembered_addr(memory, id) {
+                            where_.push((id.clone(), addr));
+                        }
+                    }
                 }
             }
         }

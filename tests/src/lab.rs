@@ -620,6 +620,28 @@ impl Lab {
             "-j",
             "ACCEPT",
         ])?;
+        // The lab's networks are routed to each other through this machine
+        // (as the sites of one company are): a node that did not move still
+        // reaches one that did. Nothing is routed anywhere else.
+        for other in self.networks()?.keys().filter(|n| **n != name) {
+            for (i, o) in [(&name, other), (other, &name)] {
+                host(&[
+                    "iptables",
+                    "-I",
+                    "DOCKER-USER",
+                    "-i",
+                    i,
+                    "-o",
+                    o,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &comment,
+                    "-j",
+                    "ACCEPT",
+                ])?;
+            }
+        }
         Ok(name)
     }
 
