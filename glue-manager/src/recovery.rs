@@ -401,19 +401,16 @@ impl Recoverer {
                 continue;
             }
             let claims = self.candidates.entry(id.clone()).or_default();
-            if !claims.contains_key(&addr) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = claims.entry(addr) {
                 tracing::info!(
                     "{host}.local (manager {}) resolves to {addr}; to be proven",
                     crate::docker::short(id)
                 );
-                claims.insert(
-                    addr,
-                    Candidate {
-                        sender: IpAddr::V4(addr),
-                        failures: 0,
-                        next_try: std::time::Instant::now(),
-                    },
-                );
+                slot.insert(Candidate {
+                    sender: IpAddr::V4(addr),
+                    failures: 0,
+                    next_try: std::time::Instant::now(),
+                });
             }
         }
     }

@@ -76,6 +76,18 @@ impl Run<'_> {
     }
 
     fn assert_recovered(&self, name: &str, before: &Fingerprint, o: &Outcome) {
+        self.assert_recovered_where(name, before, o, &self.managers);
+    }
+
+    /// `restartable`: the nodes whose tasks may have been replaced in place
+    /// (same service, node and slot, running again).
+    fn assert_recovered_where(
+        &self,
+        name: &str,
+        before: &Fingerprint,
+        o: &Outcome,
+        restartable: &[String],
+    ) {
         assert!(
             o.converged.is_some(),
             "{name}: not converged within {}s: {:#?}\ntimeline: {:#?}",
@@ -95,7 +107,7 @@ impl Run<'_> {
             },
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let losses = recovery::losses(before, &after, &self.managers);
+        let losses = recovery::losses(before, &after, restartable);
         assert!(losses.is_empty(), "{name}: the swarm changed: {losses:#?}");
         assert_eq!(
             recovery::ids(before),
@@ -266,7 +278,10 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
         say(format!("+{:.1}s {l}", moved_at.elapsed().as_secs_f64()))
     })
     .expect("watch");
-    run.assert_recovered("one_down", &before, &o);
+    // With one manager of three down, quorum comes back later (measured
+    // ~10 s) and a worker may be marked down meanwhile: its task is then
+    // started again in place. Everything else must be as before.
+    run.assert_recovered_where("one_down", &before, &o, &run.nodes);
     let clean = par_map(&run.nodes, |n| recovery::rewrites_on(&lab, n)).expect("rules");
     assert!(clean.iter().all(|c| *c == 0), "rewrites left: {clean:?}");
     swarm_glue_lab::lab::tear_down_checked(lab);
