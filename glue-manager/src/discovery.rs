@@ -264,6 +264,10 @@ pub struct Avahi {
     /// index, name): after a move the same name shows up on a new interface
     /// before it is removed from the old one.
     known: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<(i32, String)>>>,
+    /// The bus connection that owned `org.freedesktop.Avahi` when connected:
+    /// a restarted avahi-daemon has another, and has forgotten our entry
+    /// group and browser.
+    owner: String,
 }
 
 /// What a published service reports.
@@ -282,12 +286,20 @@ impl Avahi {
         let server2 = Server2Proxy::new(&conn).await?;
         let version = server.get_version_string().await?;
         tracing::debug!("Avahi {version}");
+        let owner = avahi_owner(&conn).await?;
         Ok(Avahi {
             conn,
             server,
             server2,
             known: Default::default(),
+            owner,
         })
+    }
+
+    /// Whether the avahi-daemon we published with still runs (a restart
+    /// gives it another bus name).
+    pub async fn same_daemon(&self) -> bool {
+        avahi_owner(&self.conn).await.ok().as_deref() == Some(self.owner.as_str())
     }
 
     pub fn connection(&self) -> &zbus::Connection {
@@ -444,6 +456,17 @@ impl Avahi {
         addr.parse()
             .map_err(|_| DiscoveryError::Avahi(format!("{hostname}.local resolved to {addr:?}")))
     }
+}
+
+async fn avahi_owner(conn: &zbus::Connection) -> Result<String, DiscoveryError> {
+    let bus = zbus::fdo::DBusProxy::new(conn).await?;
+    let name = zbus::names::BusName::try_from("org.freedesktop.Avahi")
+        .map_err(|e| DiscoveryError::Avahi(e.to_string()))?;
+    Ok(bus
+        .get_name_owner(name)
+        .await
+        .map_err(zbus::Error::from)?
+        .to_string())
 }
 
 async fn resolve(

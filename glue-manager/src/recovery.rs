@@ -151,6 +151,12 @@ impl Recoverer {
         if memory.cluster_id.is_empty() {
             return Ok(());
         }
+        if let Some(avahi) = &self.avahi {
+            if !avahi.same_daemon().await {
+                tracing::warn!("avahi-daemon restarted; browsing and announcing again");
+                self.avahi_lost();
+            }
+        }
         if self.avahi.is_none() {
             let avahi = Avahi::connect().await.map_err(|e| e.to_string())?;
             avahi
