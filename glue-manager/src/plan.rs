@@ -308,11 +308,13 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                 // Each step is checked from every manager: all must be up
                 // and proven (and re-addressing takes none out while one is
                 // down, so the swarm keeps its quorum).
+                // A manager demoted for re-addressing cannot prove itself
+                // (a worker serves no raft port): its mark says where it is.
                 let all_up = memory
                     .nodes
                     .iter()
                     .filter(|(_, n)| n.role == Role::Manager)
-                    .all(|(id, _)| current.contains_key(id));
+                    .all(|(id, _)| current.contains_key(id) || obs.pending.contains_key(id));
                 if let Some((id, from, to)) = todo.first().filter(|_| all_up) {
                     coordinator = self::coordinator(obs, memory, id) == memory.node_id;
                     if coordinator {
@@ -793,9 +795,11 @@ mod tests {
         );
         // m1 is the lowest manager up other than m3: m1 coordinates, not m2.
         assert!(!p.coordinator);
+        // m3, a worker for now, serves no raft port and cannot be proven:
+        // its mark is enough.
         let mut o1 = o.clone();
         o1.local = vec![ip("10.0.2.9")];
-        o1.proven = BTreeMap::from([("m2".into(), ip("10.0.1.2")), ("m3".into(), ip("10.0.2.8"))]);
+        o1.proven = BTreeMap::from([("m2".into(), ip("10.0.1.2"))]);
         let p1 = plan(&o1, &memory("m1"), &rec, PORT);
         assert!(p1.coordinator);
         assert!(p1.actions.contains(&Action::Readdress {

@@ -532,9 +532,8 @@ impl Recoverer {
                             from,
                             to,
                         };
-                        let env = readdress::Env {
-                            ctx: ctx.clone(),
-                            managers: plan::current_addrs(&obs, memory)
+                        let mut managers: BTreeMap<String, Ipv4Addr> =
+                            plan::current_addrs(&obs, memory)
                                 .into_iter()
                                 .filter(|(id, _)| {
                                     memory
@@ -542,7 +541,14 @@ impl Recoverer {
                                         .get(id)
                                         .is_some_and(|n| n.role == Role::Manager)
                                 })
-                                .collect(),
+                                .collect();
+                        // A demoted manager is where its mark says.
+                        for (id, (_, to)) in &obs.pending {
+                            managers.entry(id.clone()).or_insert(*to);
+                        }
+                        let env = readdress::Env {
+                            ctx: ctx.clone(),
+                            managers,
                             map: p.next.map.clone(),
                             say: self.say_tx.clone(),
                         };
