@@ -4,18 +4,20 @@
 CARGO ?= cargo
 LAB = $(CARGO) run --quiet -p swarm-glue-lab --bin lab --
 
-.PHONY: deps demo test lint unit agent-tests fuzz release lab-tests bench check-clean
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n1)
+
+.PHONY: deps demo test lint unit agent-tests fuzz release packages image package-checks lab-tests bench check-clean
 
 deps:
 	@./tests/host-setup.sh
 
 ## The main job: a real swarm in the lab is moved to a new network.
-demo: deps release
+demo: deps packages
 	$(LAB) demo
 
 ## Every test: formatting, lints, unit tests, the agent against real netfilter in
 ## network namespaces, then the scenario tests in the lab.
-test: deps lint unit agent-tests fuzz lab-tests check-clean
+test: deps lint unit agent-tests fuzz package-checks lab-tests check-clean
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -32,19 +34,32 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	cd glue-node-agent && $(CARGO) +nightly fuzz run open_command -- -max_total_time=$(FUZZ_SECONDS)
 
-## The lab installs the release build of both programs on its nodes.
 release:
 	$(CARGO) build --release -p glue-manager -p glue-node-agent
 
-lab-tests: release
-	$(CARGO) test -p swarm-glue-lab --test baseline --test manager --test recovery -- --nocapture
+## The Debian packages for amd64, arm64 and armhf (target/debian), and a newer
+## amd64 one for the upgrade test; then the container image made from them.
+packages: deps
+	packaging/build-deb.sh
+	packaging/build-deb.sh --version $(VERSION)+upgrade1 amd64
+
+image: packages
+	packaging/build-image.sh
+
+## Architecture, qemu-user start of the arm builds, lintian, systemd-analyze.
+package-checks: packages
+	packaging/check.sh
+
+## The lab installs the package (and, in one scenario, the image) on its managers.
+lab-tests: packages image
+	$(CARGO) test -p swarm-glue-lab --test baseline --test manager --test recovery --test package -- --nocapture
 
 RECOVERY_RUNS ?= 5
 
 ## Figures, printed as BENCH lines: the agent (size, idle RSS, applying 20
 ## rewrites), the manager at rest on a lab swarm (RSS, CPU over 5 minutes),
 ## then the lab (cold image build, lab up, moves).
-bench: deps release
+bench: deps packages
 	$(CARGO) bench -p glue-node-agent
 	$(CARGO) bench -p glue-manager
 	$(LAB) bench --rebuild-image

@@ -22,7 +22,11 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --quiet --locked cargo-fuzz
 fi
 
-packages=(docker.io debootstrap busybox-static iptables iproute2 conntrack make ca-certificates)
+# Packaging: cross compilers for arm64 and armhf, qemu-user to start what
+# they built, lintian, binutils (objdump, readelf), systemd-analyze.
+packages=(docker.io debootstrap busybox-static iptables iproute2 conntrack make ca-certificates
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+  qemu-user lintian binutils systemd dpkg-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -32,6 +36,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+  if ! rustup target list --installed | grep -qx "$target"; then
+    echo "host-setup: adding the Rust target $target"
+    rustup target add "$target" >/dev/null
+  fi
+done
 
 docker=/usr/bin/docker
 if ! "$docker" info >/dev/null 2>&1; then

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use swarm_glue_lab::glue::{self, Binaries};
+use swarm_glue_lab::glue::{self, Artefacts, Install};
 use swarm_glue_lab::{bench, par_map, wait_for, Lab, LabSpec};
 
 const MANAGERS: [&str; 3] = ["m1", "m2", "m3"];
@@ -32,7 +32,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    let bins = Binaries::locate().unwrap_or_else(|e| panic!("{e}"));
+    let art = Artefacts::locate().unwrap_or_else(|e| panic!("{e}"));
     let lab =
         Lab::up(&LabSpec::default()).unwrap_or_else(|e| panic!("the lab could not start: {e}"));
     let config = format!(
@@ -40,7 +40,7 @@ fn main() {
         swarm_glue_lab::image::WORKLOAD_IMAGE
     );
     par_map(&MANAGERS, |m| {
-        glue::install_manager(&lab, m, &bins, &config)
+        glue::install_manager(&lab, m, &art, Install::Deb, &config)
     })
     .expect("installed");
     let started = Instant::now();

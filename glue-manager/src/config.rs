@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PATH: &str = "/etc/swarm-glue/manager.toml";
+/// The configuration file when `--config` is not given (the image sets it).
+pub const CONFIG_ENV: &str = "SWARM_GLUE_CONFIG";
+/// The default of `state_dir`.
+pub const STATE_DIR_ENV: &str = "SWARM_GLUE_STATE_DIR";
 
 /// The options, as shown by `--help`.
 pub const OPTIONS_HELP: &str = "\
@@ -49,7 +53,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            state_dir: PathBuf::from("/var/lib/swarm-glue"),
+            // The container image sets SWARM_GLUE_STATE_DIR=/mnt/data.
+            state_dir: std::env::var_os(STATE_DIR_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/swarm-glue")),
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             agent_port: glue_node_agent::config::DEFAULT_PORT,
             agent_dir: PathBuf::from("/usr/lib/swarm-glue/agents"),
@@ -161,6 +168,30 @@ mod tests {
             assert!(
                 OPTIONS_HELP.contains(&format!("  {key} = ")),
                 "option {key} is missing from --help"
+            );
+        }
+    }
+
+    /// The packaged /etc/swarm-glue/manager.toml documents every option, each
+    /// commented out at its default.
+    #[test]
+    fn the_packaged_file_shows_every_option_at_its_default() {
+        let shipped = include_str!("../../packaging/manager.toml");
+        let parsed: Config = toml::from_str(shipped).expect("the shipped file parses");
+        assert_eq!(parsed, Config::default(), "every line is commented out");
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let all: Config = toml::from_str(&uncommented).expect("uncommented options parse");
+        assert_eq!(all, Config::default(), "the values shown are the defaults");
+        for line in toml::to_string(&Config::default()).expect("toml").lines() {
+            let key = line.split('=').next().unwrap_or("").trim();
+            assert!(
+                shipped.contains(&format!("\n#{key} = ")),
+                "option {key} is missing from packaging/manager.toml"
             );
         }
     }

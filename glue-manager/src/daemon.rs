@@ -103,7 +103,7 @@ impl Daemon {
         let store = MemoryStore::new(cfg.memory_path());
         let mut report = StatusReport {
             pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: glue_node_agent::VERSION.to_string(),
             state: "starting".into(),
             signing_key: signing.public().to_base64(),
             ..StatusReport::default()

@@ -21,7 +21,7 @@ const UNIT_TEMPLATE: &str = include_str!("../../systemd/glue-node-agent.service"
 
 /// The agent version this manager installs (both are built together).
 pub fn agent_version() -> String {
-    format!("glue-node-agent {}", env!("CARGO_PKG_VERSION"))
+    format!("glue-node-agent {}", glue_node_agent::VERSION)
 }
 
 /// Reports, one fact a line, what the node has. Read-only.

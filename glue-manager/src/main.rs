@@ -11,14 +11,16 @@ use glue_manager::status::{self, StatusReport};
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = glue_node_agent::VERSION,
     about = "Keeps a Docker Swarm alive when its hosts move to another network",
     after_help = config::OPTIONS_HELP
 )]
 struct Cli {
-    /// Configuration file (every option has a default).
-    #[arg(long, default_value = config::DEFAULT_PATH)]
-    config: PathBuf,
+    /// Configuration file (every option has a default) [default:
+    /// $SWARM_GLUE_CONFIG, else /etc/swarm-glue/manager.toml]. A file named
+    /// here must exist; the default one may be absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -45,8 +47,12 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let explicit = cli.config.as_os_str() != config::DEFAULT_PATH;
-    let result = Config::load(&cli.config, explicit)
+    let explicit = cli.config.is_some();
+    let path = cli
+        .config
+        .or_else(|| std::env::var_os(config::CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let result = Config::load(&path, explicit)
         .map_err(anyhow::Error::from)
         .and_then(|cfg| match cli.command.unwrap_or(Cmd::Run) {
             Cmd::Run => run(cfg),
@@ -66,7 +72,7 @@ fn main() -> ExitCode {
 fn run(cfg: Config) -> anyhow::Result<()> {
     glue_node_agent::logging::init();
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = glue_node_agent::VERSION,
         "glue-manager starting (state in {})",
         cfg.state_dir.display()
     );

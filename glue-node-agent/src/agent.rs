@@ -96,7 +96,7 @@ impl Agent {
     pub fn status(&self) -> AgentStatus {
         let state = self.state();
         AgentStatus {
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            agent_version: crate::VERSION.to_string(),
             generation: state.generation,
             in_force: netfilter::in_force(self.nf.as_ref(), &state.rewrites, &self.ports)
                 .unwrap_or(false),

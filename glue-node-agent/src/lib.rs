@@ -3,6 +3,15 @@
 //! [`protocol`] is the one definition of what managers and agents say to each
 //! other; glue-manager uses it from here.
 
+/// What `--version` prints after the program's name: the version and the git
+/// commit both programs were built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SWARM_GLUE_COMMIT"),
+    ")"
+);
+
 pub mod agent;
 pub mod config;
 pub mod logging;

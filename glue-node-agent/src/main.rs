@@ -18,7 +18,7 @@ use glue_node_agent::state::{write_atomic, Loaded, StateStore};
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = glue_node_agent::VERSION,
     about = "Applies swarm-glue's signed address rewrites on this node"
 )]
 struct Cli {
@@ -35,6 +35,11 @@ enum Cmd {
     Run,
     /// Print what this node has in force.
     Status,
+    /// Remove every rewrite rule and forget the rewrite set (keys, trust and
+    /// replay counters stay). Run by the package on removal, with the agent
+    /// stopped: a running agent would put a set back only when a manager
+    /// sends one.
+    Clear,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         .and_then(|cfg| match cli.command.unwrap_or(Cmd::Run) {
             Cmd::Run => run(cfg),
             Cmd::Status => status(&cfg),
+            Cmd::Clear => clear(&cfg),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,9 +178,32 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     })
 }
 
+fn clear(cfg: &Config) -> anyhow::Result<()> {
+    // Rules first: a corrupt state file must not keep them in force.
+    let removed = netfilter::apply(&Iptables::new()?, &[], &cfg.ports())?;
+    let store = StateStore::new(cfg.state_path());
+    let (state, _) = store.load()?;
+    if !state.rewrites.is_empty() || !state.pending_reset.is_empty() {
+        store.save(&glue_node_agent::state::AgentState {
+            rewrites: Vec::new(),
+            pending_reset: Vec::new(),
+            ..state
+        })?;
+    }
+    println!(
+        "glue-node-agent: {}",
+        if removed {
+            "rewrite rules removed"
+        } else {
+            "no rewrite rule was in force"
+        }
+    );
+    Ok(())
+}
+
 /// Reads only: creates no key, moves no file, changes no rule.
 fn status(cfg: &Config) -> anyhow::Result<()> {
-    println!("glue-node-agent {}", env!("CARGO_PKG_VERSION"));
+    println!("glue-node-agent {}", glue_node_agent::VERSION);
     let node = if cfg.node_id.is_empty() {
         "(not enrolled)"
     } else {

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use swarm_glue_lab::glue::{self, Binaries};
+use swarm_glue_lab::glue::{self, Artefacts, Install};
 use swarm_glue_lab::image::WORKLOAD_IMAGE;
 use swarm_glue_lab::{bench, par_map, wait_for, Lab, LabError, LabSpec, Result};
 
@@ -109,7 +109,7 @@ fn manager_pid(lab: &Lab, node: &str) -> String {
 
 #[test]
 fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_it_there() {
-    let bins = Binaries::locate().unwrap_or_else(|e| panic!("{e}"));
+    let art = Artefacts::locate().unwrap_or_else(|e| panic!("{e}"));
     let lab =
         Lab::up(&LabSpec::default()).unwrap_or_else(|e| panic!("the lab could not start: {e}"));
     // w2 joins later: take it out of the swarm before swarm-glue arrives.
@@ -141,7 +141,7 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
 
     let config = glue::lab_manager_config("");
     par_map(&MANAGERS, |m| {
-        glue::install_manager(&lab, m, &bins, &config)
+        glue::install_manager(&lab, m, &art, Install::Deb, &config)
     })
     .expect("installed");
     // m1 first, alone, so that it is the one running the key jobs.

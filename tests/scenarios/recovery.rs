@@ -19,111 +19,16 @@
 
 use std::time::{Duration, Instant};
 
+use swarm_glue_lab::glue::{self, Install};
 use swarm_glue_lab::recovery::{self, Outcome};
 use swarm_glue_lab::rng::Rng;
 use swarm_glue_lab::swarm::{self, Fingerprint};
 use swarm_glue_lab::{bench, par_map, wait_for, Addressing, Lab, LabSpec};
 
-const WATCH: Duration = Duration::from_secs(300);
-
-fn say(msg: String) {
-    println!("  {msg}");
-}
-
-struct Run<'a> {
-    lab: &'a Lab,
-    managers: Vec<String>,
-    nodes: Vec<String>,
-}
-
-impl Run<'_> {
-    /// Moves `which` to a fresh subnet and watches until converged; panics
-    /// with what is left when it does not.
-    fn move_and_recover(&self, name: &str, which: &[String]) -> (Outcome, Fingerprint) {
-        let before = recovery::fingerprint(self.lab).expect("fingerprint before");
-        let outcome = self.move_only(name, which, |_| {});
-        self.assert_recovered(name, &before, &outcome);
-        (outcome, before)
-    }
-
-    /// Moves and watches; `during` runs right after the move.
-    fn move_only(&self, name: &str, which: &[String], during: impl FnOnce(Instant)) -> Outcome {
-        let target = self.lab.free_subnet().expect("a free subnet");
-        let seed = Rng::fresh_seed();
-        let report = self
-            .lab
-            .move_nodes(which, target, Addressing::Shuffled { seed })
-            .expect("move");
-        let moved_at = Instant::now() - report.took;
-        println!("{name}: {report}");
-        during(moved_at);
-        let o = recovery::watch(
-            self.lab,
-            &self.managers,
-            &self.nodes,
-            moved_at,
-            WATCH,
-            &|l| say(format!("+{:.1}s {l}", moved_at.elapsed().as_secs_f64())),
-        )
-        .expect("watch");
-        bench(&format!("recovery.{name}.quorum_s"), secs(o.quorum), "s");
-        bench(
-            &format!("recovery.{name}.converged_s"),
-            secs(o.converged),
-            "s",
-        );
-        o
-    }
-
-    fn assert_recovered(&self, name: &str, before: &Fingerprint, o: &Outcome) {
-        self.assert_recovered_where(name, before, o, &self.managers);
-    }
-
-    /// `restartable`: the nodes whose tasks may have been replaced in place
-    /// (same service, node and slot, running again).
-    fn assert_recovered_where(
-        &self,
-        name: &str,
-        before: &Fingerprint,
-        o: &Outcome,
-        restartable: &[String],
-    ) {
-        assert!(
-            o.converged.is_some(),
-            "{name}: not converged within {}s: {:#?}\ntimeline: {:#?}",
-            WATCH.as_secs(),
-            o.pending,
-            recovery::timelines(self.lab, &self.managers)
-        );
-        let after = wait_for(
-            "every task back",
-            Duration::from_secs(90),
-            Duration::from_secs(2),
-            || {
-                let h = swarm::health(self.lab)?;
-                Ok(h.is_healthy()
-                    .then(|| recovery::fingerprint(self.lab).ok())
-                    .flatten())
-            },
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let losses = recovery::losses(before, &after, restartable);
-        assert!(losses.is_empty(), "{name}: the swarm changed: {losses:#?}");
-        assert_eq!(
-            recovery::ids(before),
-            recovery::ids(&after),
-            "{name}: node IDs"
-        );
-    }
-}
-
-fn secs(d: Option<Duration>) -> f64 {
-    d.map_or(f64::NAN, |d| d.as_secs_f64())
-}
+use recovery::{say, Run, WATCH};
 
 fn journal(lab: &Lab, node: &str) -> String {
-    lab.sh(node, "journalctl -u glue-manager -o cat --no-pager")
-        .unwrap_or_default()
+    glue::manager_journal(lab, node)
 }
 
 #[test]
@@ -135,7 +40,7 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
         managers: lab.manager_names(),
         nodes: lab.nodes().iter().map(|n| n.name.clone()).collect(),
     };
-    recovery::install_and_confirm(&lab, "", Duration::from_secs(300))
+    recovery::install_and_confirm(&lab, Install::Deb, "", Duration::from_secs(300))
         .unwrap_or_else(|e| panic!("swarm-glue could not be installed: {e}"));
 
     // 1. Everything moves; w1 claims to be m2 meanwhile.

@@ -72,7 +72,12 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
     ));
     let managers = lab.manager_names();
     let names: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
-    let took = recovery::install_and_confirm(&lab, "", Duration::from_secs(240))?;
+    let took = recovery::install_and_confirm(
+        &lab,
+        crate::glue::Install::from_env(),
+        "",
+        Duration::from_secs(240),
+    )?;
     t.say(format!(
         "swarm-glue installed: glue-manager on {}; every manager confirmed every node's agent after {:.1}s",
         managers.join(", "),

@@ -34,6 +34,11 @@ impl Docker {
         Docker { bin }
     }
 
+    /// The client binary.
+    pub fn bin(&self) -> &std::path::Path {
+        &self.bin
+    }
+
     pub fn run<S: AsRef<str>>(&self, args: &[S]) -> Result<String> {
         self.run_with_input(args, None)
     }

@@ -1,47 +1,95 @@
-//! swarm-glue on lab nodes: glue-manager installed on managers the way a
-//! user would (binary, unit, config; issue 6 turns this into `apt install` of
-//! the package), and what the manager and agents report.
+//! swarm-glue on lab nodes, installed the way users install it: on managers
+//! the Debian package with `apt install ./swarm-glue_….deb` (default), or the
+//! container image started with the documented `docker run` line; workers get
+//! only what a manager installs over SSH. Also what managers and agents report.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{LabError, Result};
 use crate::lab::Lab;
 
-/// The manager's unit, as shipped.
-const MANAGER_UNIT: &str = include_str!("../../systemd/glue-manager.service");
-
-/// The built programs the lab installs.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    pub manager: PathBuf,
-    pub agent: PathBuf,
+/// How the lab puts glue-manager on its managers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// `apt install ./swarm-glue_<version>_amd64.deb`, run by systemd.
+    Deb,
+    /// The image, loaded into the node's dockerd and started with the
+    /// original tool's `docker run` line.
+    Container,
 }
 
-impl Binaries {
-    /// `SWARM_GLUE_BIN_DIR`, else the release build of this workspace.
-    pub fn locate() -> Result<Binaries> {
-        let dir = match std::env::var_os("SWARM_GLUE_BIN_DIR") {
-            Some(d) => PathBuf::from(d),
-            None => {
-                let target = std::env::var_os("CARGO_TARGET_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-                target.join("release")
-            }
-        };
-        let b = Binaries {
-            manager: dir.join("glue-manager"),
-            agent: dir.join("glue-node-agent"),
-        };
-        for p in [&b.manager, &b.agent] {
-            if !p.is_file() {
-                return Err(LabError::Invalid(format!(
-                    "{} is missing: build it first with `cargo build --release -p glue-manager -p glue-node-agent` (make test does), or set SWARM_GLUE_BIN_DIR",
-                    p.display()
-                )));
-            }
+impl Install {
+    /// `LAB_GLUE_INSTALL=container` picks the image; the package otherwise.
+    pub fn from_env() -> Install {
+        match std::env::var("LAB_GLUE_INSTALL").as_deref() {
+            Ok("container") => Install::Container,
+            _ => Install::Deb,
         }
-        Ok(b)
+    }
+}
+
+/// The container's name on a manager.
+pub const CONTAINER: &str = "swarm-glue";
+
+/// The documented way to run the image on a manager (README), unchanged.
+pub fn docker_run_line(image: &str) -> String {
+    format!(
+        "docker run -d --name {CONTAINER} -v /var/run/docker.sock:/var/run/docker.sock -v /var/run/dbus:/var/run/dbus -v /run/avahi-daemon:/run/avahi-daemon -v /var/run/systemd:/var/run/systemd --hostname \"$(hostname -s)\" -v swarm-glue:/mnt/data --network host --restart unless-stopped {image}"
+    )
+}
+
+/// What `make packages` and `make image` built.
+#[derive(Debug, Clone)]
+pub struct Artefacts {
+    /// The amd64 package.
+    pub deb: PathBuf,
+    /// The image tag on this machine's dockerd.
+    pub image: String,
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+impl Artefacts {
+    /// `SWARM_GLUE_DEB`, else `<target>/debian/swarm-glue_<version>_amd64.deb`;
+    /// the image `swarm-glue:<version>`.
+    pub fn locate() -> Result<Artefacts> {
+        let deb = std::env::var_os("SWARM_GLUE_DEB")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                target_dir()
+                    .join("debian")
+                    .join(format!("swarm-glue_{VERSION}_amd64.deb"))
+            });
+        if !deb.is_file() {
+            return Err(LabError::Invalid(format!(
+                "{} is missing: build the packages first with `make packages` (make test does), or set SWARM_GLUE_DEB",
+                deb.display()
+            )));
+        }
+        Ok(Artefacts {
+            deb,
+            image: format!("swarm-glue:{VERSION}"),
+        })
+    }
+
+    /// Another package of the same build (e.g. the upgrade test's newer one).
+    pub fn deb_of_version(version: &str) -> Result<PathBuf> {
+        let deb = target_dir()
+            .join("debian")
+            .join(format!("swarm-glue_{version}_amd64.deb"));
+        if !deb.is_file() {
+            return Err(LabError::Invalid(format!(
+                "{} is missing: `make packages` builds it",
+                deb.display()
+            )));
+        }
+        Ok(deb)
     }
 }
 
@@ -54,46 +102,131 @@ pub fn lab_manager_config(extra: &str) -> String {
     )
 }
 
-/// Installs glue-manager on `node` (not started): the binary, the agent
-/// binaries it installs on other nodes, the unit and `config`.
-pub fn install_manager(lab: &Lab, node: &str, bins: &Binaries, config: &str) -> Result<()> {
+/// Copies a file of this machine into a lab node.
+fn copy_in(lab: &Lab, node: &str, from: &Path, to: &str) -> Result<()> {
     let container = &lab.node(node)?.container;
+    lab.docker()
+        .run(&[
+            "cp",
+            &from.display().to_string(),
+            &format!("{container}:{to}"),
+        ])
+        .map(|_| ())
+}
+
+/// Installs the package on `node` with apt, as an admin would, from the file
+/// (the lab has no mirror: every dependency is already in the node image).
+/// With `start` false, a policy-rc.d keeps the services from starting (the
+/// Debian way to install without starting); they are enabled either way.
+pub fn apt_install(lab: &Lab, node: &str, deb: &Path, start: bool) -> Result<String> {
+    let name = deb
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "swarm-glue.deb".into());
+    let inside = format!("/var/tmp/{name}");
+    copy_in(lab, node, deb, &inside)?;
+    let policy = if start {
+        ""
+    } else {
+        "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; "
+    };
+    lab.sh(
+        node,
+        &format!(
+            "{policy}DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {inside} 2>&1; rm -f {inside}"
+        ),
+    )
+}
+
+/// Installs glue-manager on `node`, not started: `config` goes to where that
+/// install reads it (/etc/swarm-glue/manager.toml, kept by dpkg as the
+/// admin's; or manager.toml in the image's data volume).
+pub fn install_manager(
+    lab: &Lab,
+    node: &str,
+    art: &Artefacts,
+    how: Install,
+    config: &str,
+) -> Result<()> {
+    let container = lab.node(node)?.container.clone();
     let docker = lab.docker();
-    docker.exec(
-        container,
-        &[
-            "mkdir",
-            "-p",
-            "/usr/lib/swarm-glue/agents/amd64",
-            "/etc/swarm-glue",
-        ],
-    )?;
-    docker.run(&[
-        "cp",
-        &bins.manager.display().to_string(),
-        &format!("{container}:/usr/bin/glue-manager"),
-    ])?;
-    docker.run(&[
-        "cp",
-        &bins.agent.display().to_string(),
-        &format!("{container}:/usr/lib/swarm-glue/agents/amd64/glue-node-agent"),
-    ])?;
-    docker.exec_with_input(
-        container,
-        &["sh", "-c", "cat > /etc/systemd/system/glue-manager.service"],
-        MANAGER_UNIT.as_bytes(),
-    )?;
-    docker.exec_with_input(
-        container,
-        &["sh", "-c", "cat > /etc/swarm-glue/manager.toml"],
-        config.as_bytes(),
-    )?;
-    docker.exec(container, &["systemctl", "daemon-reload"])?;
+    match how {
+        Install::Deb => {
+            docker.exec(&container, &["mkdir", "-p", "/etc/swarm-glue"])?;
+            docker.exec_with_input(
+                &container,
+                &["sh", "-c", "cat > /etc/swarm-glue/manager.toml"],
+                config.as_bytes(),
+            )?;
+            apt_install(lab, node, &art.deb, false)?;
+        }
+        Install::Container => {
+            let bin = docker.bin().display().to_string();
+            crate::docker::host(&[
+                "bash",
+                "-c",
+                &format!(
+                    "set -o pipefail; {bin} save {} | {bin} exec -i {container} docker load -q",
+                    art.image
+                ),
+            ])
+            .map_err(|e| {
+                LabError::Invalid(format!(
+                    "loading {} into {node}: {e} (`make image` builds it)",
+                    art.image
+                ))
+            })?;
+            lab.sh(node, "docker volume create swarm-glue >/dev/null")?;
+            docker.exec_with_input(
+                &container,
+                &[
+                    "sh",
+                    "-c",
+                    "cat > /var/lib/docker/volumes/swarm-glue/_data/manager.toml",
+                ],
+                config.as_bytes(),
+            )?;
+        }
+    }
     Ok(())
 }
 
-/// Enables and (re)starts glue-manager: a running one picks up a new binary.
+/// Whether `node` runs glue-manager as the container (else the package).
+fn in_container(lab: &Lab, node: &str) -> Result<bool> {
+    Ok(lab
+        .sh(
+            node,
+            "if [ -x /usr/bin/glue-manager ]; then echo deb; else echo container; fi",
+        )?
+        .trim()
+        == "container")
+}
+
+/// Runs `glue-manager ARGS` on `node`, wherever it is installed.
+pub fn manager_command(lab: &Lab, node: &str, args: &str) -> Result<String> {
+    lab.sh(
+        node,
+        &format!(
+            "if [ -x /usr/bin/glue-manager ]; then glue-manager {args}; else docker exec {CONTAINER} glue-manager {args}; fi"
+        ),
+    )
+}
+
+/// Enables and (re)starts glue-manager: the unit, or the container with the
+/// documented `docker run` line (restarted if it exists).
 pub fn start_manager(lab: &Lab, node: &str) -> Result<()> {
+    if in_container(lab, node)? {
+        let image = format!("swarm-glue:{VERSION}");
+        return lab
+            .sh(
+                node,
+                &format!(
+                    "if docker container inspect {CONTAINER} >/dev/null 2>&1; then docker restart {CONTAINER}; else {}; fi >/dev/null",
+                    docker_run_line(&image)
+                ),
+            )
+            .map(|_| ());
+    }
     lab.exec(
         node,
         &["systemctl", "enable", "--quiet", "glue-manager.service"],
@@ -102,9 +235,19 @@ pub fn start_manager(lab: &Lab, node: &str) -> Result<()> {
         .map(|_| ())
 }
 
+/// glue-manager's log on `node`: its unit's journal, or (container) what it
+/// wrote to the host's journal through the mounted /run/systemd.
+pub fn manager_journal(lab: &Lab, node: &str) -> String {
+    lab.sh(
+        node,
+        "if [ -x /usr/bin/glue-manager ]; then journalctl -u glue-manager -o cat --no-pager; else journalctl -t glue-manager -o cat --no-pager; fi",
+    )
+    .unwrap_or_default()
+}
+
 /// The manager's report (`glue-manager status --json`); `None` before its first.
 pub fn manager_report(lab: &Lab, node: &str) -> Result<Option<serde_json::Value>> {
-    let out = lab.exec(node, &["glue-manager", "status", "--json"])?;
+    let out = manager_command(lab, node, "status --json")?;
     let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| {
         LabError::Invalid(format!("{node}: glue-manager status --json: {e}: {out}"))
     })?;

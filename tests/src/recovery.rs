@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{LabError, Result};
-use crate::glue::{self, Binaries};
+use crate::glue::{self, Artefacts, Install};
 use crate::lab::Lab;
 use crate::swarm::{self, Fingerprint};
 use crate::{par_map, wait_for};
@@ -26,12 +26,19 @@ const TRANSIENT: [&str; 4] = [
 /// Installs and starts glue-manager on every manager (lab settings plus
 /// `extra` config), then waits until every manager reports every node's
 /// agent confirmed.
-pub fn install_and_confirm(lab: &Lab, extra: &str, timeout: Duration) -> Result<Duration> {
+pub fn install_and_confirm(
+    lab: &Lab,
+    how: Install,
+    extra: &str,
+    timeout: Duration,
+) -> Result<Duration> {
     let started = Instant::now();
-    let bins = Binaries::locate()?;
+    let art = Artefacts::locate()?;
     let config = glue::lab_manager_config(extra);
     let managers = lab.manager_names();
-    par_map(&managers, |m| glue::install_manager(lab, m, &bins, &config))?;
+    par_map(&managers, |m| {
+        glue::install_manager(lab, m, &art, how, &config)
+    })?;
     par_map(&managers, |m| glue::start_manager(lab, m))?;
     let nodes = lab.nodes().len();
     wait_for(
@@ -294,4 +301,101 @@ pub fn fingerprint(lab: &Lab) -> Result<Fingerprint> {
         || Ok(swarm::fingerprint_any(lab).ok()),
     )
     .map_err(|e| LabError::Invalid(format!("{e}")))
+}
+
+pub const WATCH: Duration = Duration::from_secs(300);
+
+pub fn say(msg: String) {
+    println!("  {msg}");
+}
+
+/// A lab whose swarm is moved and watched; panics (it is for tests) with
+/// what is left when a recovery does not hold.
+pub struct Run<'a> {
+    pub lab: &'a Lab,
+    pub managers: Vec<String>,
+    pub nodes: Vec<String>,
+}
+
+impl Run<'_> {
+    /// Moves `which` to a fresh subnet and watches until converged; panics
+    /// with what is left when it does not.
+    pub fn move_and_recover(&self, name: &str, which: &[String]) -> (Outcome, Fingerprint) {
+        let before = fingerprint(self.lab).expect("fingerprint before");
+        let outcome = self.move_only(name, which, |_| {});
+        self.assert_recovered(name, &before, &outcome);
+        (outcome, before)
+    }
+
+    /// Moves and watches; `during` runs right after the move.
+    pub fn move_only(&self, name: &str, which: &[String], during: impl FnOnce(Instant)) -> Outcome {
+        let target = self.lab.free_subnet().expect("a free subnet");
+        let seed = crate::rng::Rng::fresh_seed();
+        let report = self
+            .lab
+            .move_nodes(which, target, crate::Addressing::Shuffled { seed })
+            .expect("move");
+        let moved_at = Instant::now() - report.took;
+        println!("{name}: {report}");
+        during(moved_at);
+        let o = watch(
+            self.lab,
+            &self.managers,
+            &self.nodes,
+            moved_at,
+            WATCH,
+            &|l| say(format!("+{:.1}s {l}", moved_at.elapsed().as_secs_f64())),
+        )
+        .expect("watch");
+        crate::bench(
+            &format!("recovery.{name}.quorum_s"),
+            secs_f64(o.quorum),
+            "s",
+        );
+        crate::bench(
+            &format!("recovery.{name}.converged_s"),
+            secs_f64(o.converged),
+            "s",
+        );
+        o
+    }
+
+    pub fn assert_recovered(&self, name: &str, before: &Fingerprint, o: &Outcome) {
+        self.assert_recovered_where(name, before, o, &self.managers);
+    }
+
+    /// `restartable`: the nodes whose tasks may have been replaced in place
+    /// (same service, node and slot, running again).
+    pub fn assert_recovered_where(
+        &self,
+        name: &str,
+        before: &Fingerprint,
+        o: &Outcome,
+        restartable: &[String],
+    ) {
+        assert!(
+            o.converged.is_some(),
+            "{name}: not converged within {}s: {:#?}\ntimeline: {:#?}",
+            WATCH.as_secs(),
+            o.pending,
+            timelines(self.lab, &self.managers)
+        );
+        let after = wait_for(
+            "every task back",
+            Duration::from_secs(90),
+            Duration::from_secs(2),
+            || {
+                let h = swarm::health(self.lab)?;
+                Ok(h.is_healthy().then(|| fingerprint(self.lab).ok()).flatten())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let losses = losses(before, &after, restartable);
+        assert!(losses.is_empty(), "{name}: the swarm changed: {losses:#?}");
+        assert_eq!(ids(before), ids(&after), "{name}: node IDs");
+    }
+}
+
+fn secs_f64(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64())
 }

@@ -99,6 +99,10 @@ enum Command {
         /// Install but do not start.
         #[arg(long)]
         no_start: bool,
+        /// The container image with the documented `docker run` line instead
+        /// of the package (default: LAB_GLUE_INSTALL, else the package).
+        #[arg(long)]
+        container: bool,
         /// Nodes (default: every manager).
         nodes: Vec<String>,
     },
@@ -156,7 +160,12 @@ enum Command {
 /// of each run, in seconds. A run that does not converge is an error.
 fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     use swarm_glue_lab::recovery;
-    recovery::install_and_confirm(lab, "", Duration::from_secs(300))?;
+    recovery::install_and_confirm(
+        lab,
+        swarm_glue_lab::glue::Install::from_env(),
+        "",
+        Duration::from_secs(300),
+    )?;
     let managers = lab.manager_names();
     let all: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
     let (mut quorum, mut converged) = (Vec::new(), Vec::new());
@@ -265,17 +274,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::InstallGlue {
             which,
             no_start,
+            container,
             nodes,
         } => {
             let lab = open(&which)?;
-            let bins = glue::Binaries::locate()?;
+            let art = glue::Artefacts::locate()?;
+            let how = if container {
+                glue::Install::Container
+            } else {
+                glue::Install::from_env()
+            };
             let nodes = if nodes.is_empty() {
                 lab.manager_names()
             } else {
                 lab.select(&nodes)?
             };
             let config = glue::lab_manager_config("");
-            swarm_glue_lab::par_map(&nodes, |n| glue::install_manager(&lab, n, &bins, &config))?;
+            swarm_glue_lab::par_map(&nodes, |n| {
+                glue::install_manager(&lab, n, &art, how, &config)
+            })?;
             if !no_start {
                 swarm_glue_lab::par_map(&nodes, |n| glue::start_manager(&lab, n))?;
             }
