@@ -18,6 +18,8 @@
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS unpack
+# build-image.sh removes this stage's image after the build.
+LABEL swarm-glue.stage=unpack
 ARG DEB_DIR=.
 COPY ${DEB_DIR}/swarm-glue_*.deb /tmp/debs/
 # The package of this machine's architecture; the manager inside carries the

@@ -51,4 +51,5 @@ cp "$deb" "$ctx/"
 "$docker" build -q -f "$top/Dockerfile" --build-arg "BASE=$base" \
 	--label "org.opencontainers.image.version=$version" \
 	-t "swarm-glue:$version" "$ctx" >/dev/null
+"$docker" image prune -f --filter label=swarm-glue.stage=unpack >/dev/null
 echo "swarm-glue:$version (base $base)"

@@ -166,6 +166,15 @@ fn the_image_brings_a_moved_swarm_back_and_the_package_installs_upgrades_and_goe
         agent_key,
         "the node kept its agent key (the managers' pin holds)"
     );
+    let verify = sh(
+        &lab,
+        node,
+        "systemd-analyze verify --man=no glue-manager.service glue-node-agent.service 2>&1 || true",
+    );
+    assert!(
+        verify.is_empty(),
+        "systemd-analyze verify of the installed units: {verify}"
+    );
     let version = sh(&lab, node, "glue-manager --version");
     assert!(
         version.contains(&format!("{VERSION} (commit ")),
@@ -269,7 +278,7 @@ fn the_image_brings_a_moved_swarm_back_and_the_package_installs_upgrades_and_goe
         sh(
             &lab,
             node,
-            "grep -c 'swarm-glue manager on' /root/.ssh/authorized_keys || true"
+            "grep -c ' swarm-glue manager ' /root/.ssh/authorized_keys || true"
         ) != "0"
     );
 
@@ -301,7 +310,7 @@ fn the_image_brings_a_moved_swarm_back_and_the_package_installs_upgrades_and_goe
         sh(
             &lab,
             node,
-            "grep -c 'swarm-glue manager on' /root/.ssh/authorized_keys || true"
+            "grep -c ' swarm-glue manager ' /root/.ssh/authorized_keys || true"
         ),
         "0",
         "the managers' SSH keys purged from root's authorized_keys"

@@ -20,9 +20,9 @@
 use std::time::{Duration, Instant};
 
 use swarm_glue_lab::glue::{self, Install};
-use swarm_glue_lab::recovery::{self, Outcome};
+use swarm_glue_lab::recovery;
 use swarm_glue_lab::rng::Rng;
-use swarm_glue_lab::swarm::{self, Fingerprint};
+use swarm_glue_lab::swarm;
 use swarm_glue_lab::{bench, par_map, wait_for, Addressing, Lab, LabSpec};
 
 use recovery::{say, Run, WATCH};

@@ -247,7 +247,14 @@ pub fn manager_journal(lab: &Lab, node: &str) -> String {
 
 /// The manager's report (`glue-manager status --json`); `None` before its first.
 pub fn manager_report(lab: &Lab, node: &str) -> Result<Option<serde_json::Value>> {
-    let out = manager_command(lab, node, "status --json")?;
+    // The image's report is read from its volume: while the node's dockerd
+    // restarts (re-addressing), `docker exec` cannot reach the container.
+    let out = lab.sh(
+        node,
+        "if [ -x /usr/bin/glue-manager ]; then glue-manager status --json; \
+         else f=/var/lib/docker/volumes/swarm-glue/_data/status.json; \
+         if [ -f $f ]; then cat $f; else echo null; fi; fi",
+    )?;
     let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| {
         LabError::Invalid(format!("{node}: glue-manager status --json: {e}: {out}"))
     })?;
