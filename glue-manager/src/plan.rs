@@ -356,6 +356,14 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         if done {
             continue;
         }
+        // Once quorum is back, an agent holding a newer generation than ours
+        // has heard from a manager that knows more (it cleaned up, or saw a
+        // second move): its set stands. A manager restarted mid-recovery
+        // (the image restarts with its dockerd) used to put old rules back.
+        // Without quorum any proof counts, and the newest set wins anyway.
+        if next.phase != Phase::Rewrite && seen.is_some_and(|a| a.generation > next.generation) {
+            continue;
+        }
         if let Some(addr) = own {
             actions.push(Action::SetRewrites {
                 node: id.clone(),
@@ -850,6 +858,21 @@ mod tests {
             &[("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
             &agents,
             h,
+        );
+        // A manager still re-addressing with an older generation (restarted
+        // with its dockerd) leaves agents with a newer set alone.
+        let behind = Recovery {
+            phase: Phase::Readdress,
+            generation: g - 10,
+            ..p.next.clone()
+        };
+        let mut nl = o2.clone();
+        nl.health = Health::NoLeader;
+        let mut behind_with_map = behind.clone();
+        behind_with_map.map = BTreeMap::from([(ip("10.0.1.1"), ip("10.0.2.9"))]);
+        assert!(
+            pushes(&plan(&nl, &memory("m1"), &behind_with_map, PORT)).is_empty(),
+            "no old rules over a newer clean-up"
         );
         let p2 = plan(&o2, &memory("m1"), &p.next, PORT);
         assert_eq!(p2.next.phase, Phase::Idle);
