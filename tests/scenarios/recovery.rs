@@ -77,6 +77,14 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
         refused > 0,
         "no manager logged the rogue claim from {w1} as not accepted"
     );
+    // The timeline is in the journal of the packaged unit.
+    let journals: Vec<String> = run.managers.iter().map(|m| journal(&lab, m)).collect();
+    assert!(
+        journals.iter().all(|j| j.contains("recovery: "))
+            && journals.iter().any(|j| j.contains("recovery: detected: "))
+            && journals.iter().any(|j| j.contains("recovery: converged: ")),
+        "journalctl -u glue-manager shows the recovery timeline on every manager: {journals:#?}"
+    );
     lab.sh("w1", "pkill avahi-publish || true")
         .expect("stop rogue");
 
