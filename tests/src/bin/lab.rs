@@ -170,6 +170,7 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
     let all: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
     let (mut quorum, mut converged) = (Vec::new(), Vec::new());
     for run in 1..=runs.max(1) {
+        let before = recovery::fingerprint(lab)?;
         let target = lab.free_subnet()?;
         let report = lab.move_nodes(&all, target, Addressing::Shuffled { seed: run as u64 })?;
         let moved_at = Instant::now() - report.took;
@@ -184,8 +185,24 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
         let (Some(q), Some(c)) = (o.quorum, o.converged) else {
             bail!("run {run} did not converge: {:?}", o.pending);
         };
+        // Not timed: every task back, then nothing may have changed.
+        let after = swarm_glue_lab::wait_for(
+            "every task back",
+            Duration::from_secs(120),
+            Duration::from_secs(2),
+            || {
+                let h = swarm_glue_lab::swarm::health(lab)?;
+                Ok(h.is_healthy()
+                    .then(|| recovery::fingerprint(lab).ok())
+                    .flatten())
+            },
+        )?;
+        let losses = recovery::losses(&before, &after, &managers);
+        if !losses.is_empty() || recovery::ids(&before) != recovery::ids(&after) {
+            bail!("run {run}: the swarm changed: {losses:#?}");
+        }
         println!(
-            "run {run}: leader after {:.1}s, converged after {:.1}s",
+            "run {run}: leader after {:.1}s, converged after {:.1}s; node IDs kept, nothing lost",
             q.as_secs_f64(),
             c.as_secs_f64()
         );
