@@ -82,7 +82,7 @@ fn the_agent_runs_under_systemd_with_its_hardened_unit_and_its_rules_outlive_res
 
     let verify = node_sh(
         &lab,
-        "systemctl daemon-reload && systemd-analyze verify /etc/systemd/system/glue-node-agent.service 2>&1",
+        "systemctl daemon-reload && systemd-analyze verify --man=no /etc/systemd/system/glue-node-agent.service 2>&1",
     );
     assert!(
         verify.is_empty(),
