@@ -1159,8 +1159,21 @@ pub fn teardown(docker: &Docker, lab: &str) -> Vec<LabError> {
     match docker.run(&["network", "ls", "-q", "--filter", &filter]) {
         Ok(ids) => {
             for id in ids.lines() {
-                if let Err(e) = docker.run(&["network", "rm", id]) {
-                    errors.push(e);
+                // dockerd may release a removed container's endpoint a moment
+                // after `rm` returned.
+                let mut tries = 0;
+                loop {
+                    match docker.run(&["network", "rm", id]) {
+                        Err(e) if tries < 10 && e.to_string().contains("active endpoints") => {
+                            tries += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(500));
+                        }
+                        Err(e) => {
+                            errors.push(e);
+                            break;
+                        }
+                        Ok(_) => break,
+                    }
                 }
             }
         }
