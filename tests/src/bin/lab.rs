@@ -153,6 +153,9 @@ enum Command {
         workers: usize,
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Leave the lab up when a run fails, to look at it (`lab down` after).
+        #[arg(long)]
+        keep_on_failure: bool,
     },
 }
 
@@ -359,13 +362,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             managers,
             workers,
             runs,
+            keep_on_failure,
         } => {
             let lab = Lab::up(&LabSpec {
                 managers,
                 workers,
+                keep: keep_on_failure,
                 ..LabSpec::default()
             })?;
             let result = bench_recovery(&lab, runs);
+            if let (true, Err(e)) = (keep_on_failure, &result) {
+                bail!(
+                    "{e:#}\nlab {0} kept for a look (`lab down {0}`)",
+                    lab.name()
+                );
+            }
             let down = lab.down();
             let (quorum, converged) = result?;
             down.map_err(|errs| {
