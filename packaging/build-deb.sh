@@ -111,7 +111,9 @@ for arch in "${archs[@]}"; do
 	(cd "$stage" && find usr lib -type f -exec md5sum {} + | sort -k2) >"$stage/DEBIAN/md5sums"
 	chmod 644 "$stage/DEBIAN/md5sums" "$stage/DEBIAN/conffiles" "$stage/DEBIAN/control"
 	deb="$out/swarm-glue_${version}_${arch}.deb"
-	dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+	# Built aside and renamed: a kill never leaves a partial .deb under the real name.
+	dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb.part" >/dev/null
+	mv "$deb.part" "$deb"
 	rm -rf "$stage"
 	trap - EXIT
 	echo "$deb"

@@ -179,17 +179,27 @@ fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 fn clear(cfg: &Config) -> anyhow::Result<()> {
-    // Rules first: a corrupt state file must not keep them in force.
-    let removed = netfilter::apply(&Iptables::new()?, &[], &cfg.ports())?;
+    // The empty set is persisted before the rules go, so an agent started
+    // after a kill between the two never puts them back; the rules go even
+    // when the state file cannot be written, and a second run finishes.
     let store = StateStore::new(cfg.state_path());
-    let (state, _) = store.load()?;
-    if !state.rewrites.is_empty() || !state.pending_reset.is_empty() {
-        store.save(&glue_node_agent::state::AgentState {
-            rewrites: Vec::new(),
-            pending_reset: Vec::new(),
-            ..state
-        })?;
-    }
+    let forgotten = store
+        .load()
+        .map_err(anyhow::Error::from)
+        .and_then(|(state, _)| {
+            if state.rewrites.is_empty() && state.pending_reset.is_empty() {
+                return Ok(());
+            }
+            store
+                .save(&glue_node_agent::state::AgentState {
+                    rewrites: Vec::new(),
+                    pending_reset: Vec::new(),
+                    ..state
+                })
+                .map_err(anyhow::Error::from)
+        });
+    let removed = netfilter::apply(&Iptables::new()?, &[], &cfg.ports())?;
+    forgotten?;
     println!(
         "glue-node-agent: {}",
         if removed {

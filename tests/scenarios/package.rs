@@ -82,11 +82,7 @@ fn the_image_brings_a_moved_swarm_back_and_the_package_installs_upgrades_and_goe
     let newer = Artefacts::deb_of_version(&newer_version).unwrap_or_else(|e| panic!("{e}"));
     let lab =
         Lab::up(&LabSpec::default()).unwrap_or_else(|e| panic!("the lab could not start: {e}"));
-    let run = Run {
-        lab: &lab,
-        managers: lab.manager_names(),
-        nodes: lab.nodes().iter().map(|n| n.name.clone()).collect(),
-    };
+    let run = Run::new(&lab);
 
     // 1. The managers run the image with the documented line.
     recovery::install_and_confirm(&lab, Install::Container, "", Duration::from_secs(300))
@@ -249,7 +245,7 @@ fn the_image_brings_a_moved_swarm_back_and_the_package_installs_upgrades_and_goe
     let out = sh(
         &lab,
         node,
-        "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q swarm-glue 2>&1",
+        "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q swarm-glue",
     );
     assert_eq!(
         sh(&lab, node, "dpkg-query -W -f='${Status}' swarm-glue"),
@@ -272,6 +268,8 @@ fn the_image_brings_a_moved_swarm_back_and_the_package_installs_upgrades_and_goe
     }
     for kept in [
         "/etc/swarm-glue/manager.toml",
+        "/etc/swarm-glue/agent.toml",
+        "/etc/swarm-glue/trusted-managers",
         "/var/lib/swarm-glue-agent/agent.key",
         "/var/lib/swarm-glue/signing.key",
     ] {
@@ -289,7 +287,7 @@ fn the_image_brings_a_moved_swarm_back_and_the_package_installs_upgrades_and_goe
     let out = sh(
         &lab,
         node,
-        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q swarm-glue 2>&1",
+        "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q swarm-glue",
     );
     assert_eq!(
         sh(

@@ -35,11 +35,7 @@ fn journal(lab: &Lab, node: &str) -> String {
 fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     let lab =
         Lab::up(&LabSpec::default()).unwrap_or_else(|e| panic!("the lab could not start: {e}"));
-    let run = Run {
-        lab: &lab,
-        managers: lab.manager_names(),
-        nodes: lab.nodes().iter().map(|n| n.name.clone()).collect(),
-    };
+    let run = Run::new(&lab);
     recovery::install_and_confirm(&lab, Install::Deb, "", Duration::from_secs(300))
         .unwrap_or_else(|e| panic!("swarm-glue could not be installed: {e}"));
 

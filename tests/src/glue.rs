@@ -49,6 +49,15 @@ pub struct Artefacts {
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The image `make image` tags.
+pub fn image_tag() -> String {
+    format!("swarm-glue:{VERSION}")
+}
+
+/// A shell test, true on a node where glue-manager is the package (else it
+/// runs as the container).
+const PACKAGED: &str = "[ -x /usr/bin/glue-manager ]";
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -59,37 +68,35 @@ impl Artefacts {
     /// `SWARM_GLUE_DEB`, else `<target>/debian/swarm-glue_<version>_amd64.deb`;
     /// the image `swarm-glue:<version>`.
     pub fn locate() -> Result<Artefacts> {
-        let deb = std::env::var_os("SWARM_GLUE_DEB")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                target_dir()
-                    .join("debian")
-                    .join(format!("swarm-glue_{VERSION}_amd64.deb"))
-            });
-        if !deb.is_file() {
-            return Err(LabError::Invalid(format!(
-                "{} is missing: build the packages first with `make packages` (make test does), or set SWARM_GLUE_DEB",
-                deb.display()
-            )));
-        }
+        let deb = match std::env::var_os("SWARM_GLUE_DEB") {
+            Some(d) => existing(PathBuf::from(d))?,
+            None => Self::deb_of_version(VERSION)?,
+        };
         Ok(Artefacts {
             deb,
-            image: format!("swarm-glue:{VERSION}"),
+            image: image_tag(),
         })
     }
 
-    /// Another package of the same build (e.g. the upgrade test's newer one).
+    /// The amd64 package of `version` that `make packages` built (the upgrade
+    /// test's newer one too).
     pub fn deb_of_version(version: &str) -> Result<PathBuf> {
-        let deb = target_dir()
-            .join("debian")
-            .join(format!("swarm-glue_{version}_amd64.deb"));
-        if !deb.is_file() {
-            return Err(LabError::Invalid(format!(
-                "{} is missing: `make packages` builds it",
-                deb.display()
-            )));
-        }
+        existing(
+            target_dir()
+                .join("debian")
+                .join(format!("swarm-glue_{version}_amd64.deb")),
+        )
+    }
+}
+
+fn existing(deb: PathBuf) -> Result<PathBuf> {
+    if deb.is_file() {
         Ok(deb)
+    } else {
+        Err(LabError::Invalid(format!(
+            "{} is missing: `make packages` builds it (make test does); SWARM_GLUE_DEB may name the amd64 package instead",
+            deb.display()
+        )))
     }
 }
 
@@ -133,7 +140,7 @@ pub fn apt_install(lab: &Lab, node: &str, deb: &Path, start: bool) -> Result<Str
     lab.sh(
         node,
         &format!(
-            "{policy}DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {inside} 2>&1; rm -f {inside}"
+            "{policy}DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {inside}; rm -f {inside}"
         ),
     )
 }
@@ -196,27 +203,17 @@ fn in_container(lab: &Lab, node: &str) -> Result<bool> {
     Ok(lab
         .sh(
             node,
-            "if [ -x /usr/bin/glue-manager ]; then echo deb; else echo container; fi",
+            &format!("if {PACKAGED}; then echo deb; else echo container; fi"),
         )?
         .trim()
         == "container")
-}
-
-/// Runs `glue-manager ARGS` on `node`, wherever it is installed.
-pub fn manager_command(lab: &Lab, node: &str, args: &str) -> Result<String> {
-    lab.sh(
-        node,
-        &format!(
-            "if [ -x /usr/bin/glue-manager ]; then glue-manager {args}; else docker exec {CONTAINER} glue-manager {args}; fi"
-        ),
-    )
 }
 
 /// Enables and (re)starts glue-manager: the unit, or the container with the
 /// documented `docker run` line (restarted if it exists).
 pub fn start_manager(lab: &Lab, node: &str) -> Result<()> {
     if in_container(lab, node)? {
-        let image = format!("swarm-glue:{VERSION}");
+        let image = image_tag();
         return lab
             .sh(
                 node,
@@ -240,7 +237,7 @@ pub fn start_manager(lab: &Lab, node: &str) -> Result<()> {
 pub fn manager_journal(lab: &Lab, node: &str) -> String {
     lab.sh(
         node,
-        "if [ -x /usr/bin/glue-manager ]; then journalctl -u glue-manager -o cat --no-pager; else journalctl -t glue-manager -o cat --no-pager; fi",
+        &format!("if {PACKAGED}; then journalctl -u glue-manager -o cat --no-pager; else journalctl -t glue-manager -o cat --no-pager; fi"),
     )
     .unwrap_or_default()
 }
@@ -251,9 +248,11 @@ pub fn manager_report(lab: &Lab, node: &str) -> Result<Option<serde_json::Value>
     // restarts (re-addressing), `docker exec` cannot reach the container.
     let out = lab.sh(
         node,
-        "if [ -x /usr/bin/glue-manager ]; then glue-manager status --json; \
-         else f=/var/lib/docker/volumes/swarm-glue/_data/status.json; \
-         if [ -f $f ]; then cat $f; else echo null; fi; fi",
+        &format!(
+            "if {PACKAGED}; then glue-manager status --json; \
+             else f=/var/lib/docker/volumes/swarm-glue/_data/status.json; \
+             if [ -f $f ]; then cat $f; else echo null; fi; fi"
+        ),
     )?;
     let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| {
         LabError::Invalid(format!("{node}: glue-manager status --json: {e}: {out}"))

@@ -305,6 +305,15 @@ pub fn fingerprint(lab: &Lab) -> Result<Fingerprint> {
 
 pub const WATCH: Duration = Duration::from_secs(300);
 
+/// Waits up to `timeout` until the swarm is healthy with every task back,
+/// and returns its fingerprint then: what a recovery is compared by.
+pub fn whole_again(lab: &Lab, timeout: Duration) -> Result<Fingerprint> {
+    wait_for("every task back", timeout, Duration::from_secs(2), || {
+        let h = swarm::health(lab)?;
+        Ok(h.is_healthy().then(|| fingerprint(lab).ok()).flatten())
+    })
+}
+
 pub fn say(msg: String) {
     println!("  {msg}");
 }
@@ -317,7 +326,16 @@ pub struct Run<'a> {
     pub nodes: Vec<String>,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// Every manager and every node of `lab`.
+    pub fn new(lab: &'a Lab) -> Run<'a> {
+        Run {
+            lab,
+            managers: lab.manager_names(),
+            nodes: lab.nodes().iter().map(|n| n.name.clone()).collect(),
+        }
+    }
+
     /// Moves `which` to a fresh subnet and watches until converged; panics
     /// with what is left when it does not.
     pub fn move_and_recover(&self, name: &str, which: &[String]) -> (Outcome, Fingerprint) {
@@ -380,16 +398,8 @@ impl Run<'_> {
             o.pending,
             timelines(self.lab, &self.managers)
         );
-        let after = wait_for(
-            "every task back",
-            Duration::from_secs(90),
-            Duration::from_secs(2),
-            || {
-                let h = swarm::health(self.lab)?;
-                Ok(h.is_healthy().then(|| fingerprint(self.lab).ok()).flatten())
-            },
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let after = whole_again(self.lab, Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let losses = losses(before, &after, restartable);
         assert!(losses.is_empty(), "{name}: the swarm changed: {losses:#?}");
         assert_eq!(ids(before), ids(&after), "{name}: node IDs");

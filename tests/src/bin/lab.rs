@@ -189,17 +189,7 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
             bail!("run {run} did not converge: {:?}", o.pending);
         };
         // Not timed: every task back, then nothing may have changed.
-        let after = swarm_glue_lab::wait_for(
-            "every task back",
-            Duration::from_secs(120),
-            Duration::from_secs(2),
-            || {
-                let h = swarm_glue_lab::swarm::health(lab)?;
-                Ok(h.is_healthy()
-                    .then(|| recovery::fingerprint(lab).ok())
-                    .flatten())
-            },
-        )?;
+        let after = recovery::whole_again(lab, Duration::from_secs(120))?;
         let losses = recovery::losses(&before, &after, &managers);
         if !losses.is_empty() || recovery::ids(&before) != recovery::ids(&after) {
             bail!("run {run}: the swarm changed: {losses:#?}");
