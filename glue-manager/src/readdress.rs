@@ -33,6 +33,10 @@ const LEASE: Duration = Duration::from_secs(300);
 const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(500);
 const SSH_TIMEOUT: Duration = Duration::from_secs(20);
+/// The restart step: stopping dockerd (it stops its containers with their
+/// grace period) and waiting up to 60 s for it to be back in the swarm; a
+/// dockerd restart took 4–19 s on a busy 7-node lab, so 20 s was too short.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -164,14 +168,27 @@ async fn steps(env: &Env, t: &Target) -> Result<Outcome, String> {
         let node_addr = ssh(env, &t.node, t.to, "docker info", INFO).await?;
         if node_addr.split_whitespace().nth(1) != Some(t.to.to_string().as_str()) {
             let restart = Instant::now();
-            ssh(
-                env,
-                &t.node,
-                t.to,
-                "patching docker-state.json and restarting dockerd",
-                &restart_script(&env.map),
-            )
-            .await?;
+            // Where the node finds the managers once it is back: every other
+            // manager where it is now, this one (up for sure) first.
+            let mut remotes: Vec<(String, Ipv4Addr)> = env
+                .managers
+                .iter()
+                .filter(|(id, _)| **id != t.node)
+                .map(|(id, a)| (id.clone(), *a))
+                .collect();
+            remotes.sort_by_key(|(id, _)| *id != env.ctx.manager_id);
+            env.ctx
+                .ssh
+                .run(
+                    &t.node,
+                    &t.to.to_string(),
+                    "patching docker-state.json and restarting dockerd",
+                    &restart_script(&env.map, &remotes),
+                    b"",
+                    RESTART_TIMEOUT,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
             say(
                 env,
                 format!(
@@ -291,7 +308,28 @@ where
 /// new addresses into `docker-state.json` (the old file kept next to it),
 /// starts dockerd and waits until it is back in the swarm. Every old address
 /// is replaced in one pass, so two nodes that swapped addresses are right.
-pub fn restart_script(map: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> String {
+///
+/// The managers the node dials when it starts are set from `remotes` (node
+/// ID and address of every other manager now, the first one also as the
+/// join address): swarmkit keeps them in `state.json`, and a node restarted
+/// after several moves was seen dialling only addresses of earlier networks
+/// and never rejoining. A node that joined nobody (the one that ran
+/// `swarm init`) keeps its empty join address.
+pub fn restart_script(
+    map: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+    remotes: &[(String, Ipv4Addr)],
+) -> String {
+    let peers: Vec<serde_json::Value> = remotes
+        .iter()
+        .filter(|(id, _)| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map(|(id, a)| serde_json::json!({"node_id": id, "addr": format!("{a}:2377")}))
+        .collect();
+    // Node IDs and addresses only: nothing in it needs quoting for sh.
+    let remotes_json = if peers.is_empty() {
+        String::new()
+    } else {
+        serde_json::Value::Array(peers).to_string()
+    };
     let mut sed = String::new();
     for (i, old) in map.keys().enumerate() {
         sed.push_str(&format!(
@@ -301,6 +339,11 @@ pub fn restart_script(map: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> String {
     }
     for (i, new) in map.values().enumerate() {
         sed.push_str(&format!(" -e 's/@swarm-glue-{i}@/{new}/g'"));
+    }
+    if let Some((_, join)) = remotes.first() {
+        sed.push_str(&format!(
+            " -e 's/\"RemoteAddr\":\"[^\"]+\"/\"RemoteAddr\":\"{join}:2377\"/'"
+        ));
     }
     format!(
         r#"set -eu
@@ -312,6 +355,13 @@ cp -p "$f" "$f.swarm-glue-old"
 sed -E{sed} "$f.swarm-glue-old" > "$f.swarm-glue-new"
 chmod --reference="$f.swarm-glue-old" "$f.swarm-glue-new"
 mv "$f.swarm-glue-new" "$f"
+r="$root/swarm/state.json"
+if [ -n '{remotes_json}' ]; then
+  [ ! -f "$r" ] || cp -p "$r" "$r.swarm-glue-old"
+  printf '%s' '{remotes_json}' > "$r.swarm-glue-new"
+  chmod 600 "$r.swarm-glue-new"
+  mv "$r.swarm-glue-new" "$r"
+fi
 systemctl start docker.socket docker.service
 i=0
 until [ "$(docker info --format '{{{{.Swarm.LocalNodeState}}}}' 2>/dev/null)" = active ]; do
@@ -332,8 +382,12 @@ mod tests {
 
     /// The script's sed program, run on a sample state file with real sed.
     fn patch(map: &[(&str, &str)], state: &str) -> String {
+        patch_with(map, &[], state)
+    }
+
+    fn patch_with(map: &[(&str, &str)], remotes: &[(String, Ipv4Addr)], state: &str) -> String {
         let map: BTreeMap<Ipv4Addr, Ipv4Addr> = map.iter().map(|(a, b)| (ip(a), ip(b))).collect();
-        let script = restart_script(&map);
+        let script = restart_script(&map, remotes);
         let line = script
             .lines()
             .find(|l| l.starts_with("sed -E"))
@@ -370,5 +424,48 @@ mod tests {
             out,
             r#"{"RemoteAddr":"10.0.1.2:2377","AdvertiseAddr":"10.0.1.1:2377","LocalAddr":"10.0.1.22","ListenAddr":"10.0.1.2:2377"}"#
         );
+    }
+
+    #[test]
+    fn the_node_is_told_where_the_managers_are_now() {
+        let remotes = vec![
+            ("coordinator1".to_string(), ip("10.0.2.9")),
+            ("other2".to_string(), ip("10.0.2.5")),
+        ];
+        // A join address from networks ago is replaced by the coordinator's.
+        let state =
+            r#"{"LocalAddr":"","RemoteAddr":"10.0.0.1:2377","AdvertiseAddr":"10.0.1.2:2377"}"#;
+        let out = patch_with(&[("10.0.1.2", "10.0.2.7")], &remotes, state);
+        assert_eq!(
+            out,
+            r#"{"LocalAddr":"","RemoteAddr":"10.0.2.9:2377","AdvertiseAddr":"10.0.2.7:2377"}"#
+        );
+        // The node that ran `swarm init` joined nobody and keeps it so.
+        let state = r#"{"LocalAddr":"10.0.1.2","RemoteAddr":"","AdvertiseAddr":"10.0.1.2:2377"}"#;
+        let out = patch_with(&[("10.0.1.2", "10.0.2.7")], &remotes, state);
+        assert_eq!(
+            out,
+            r#"{"LocalAddr":"10.0.2.7","RemoteAddr":"","AdvertiseAddr":"10.0.2.7:2377"}"#
+        );
+        // swarmkit's list of managers, written whole.
+        let script = restart_script(&BTreeMap::new(), &remotes);
+        let line = script
+            .lines()
+            .find(|l| l.trim_start().starts_with("printf '%s' '"))
+            .expect("printf line");
+        let json = line.split('\'').nth(3).expect("quoted json");
+        let v: serde_json::Value = serde_json::from_str(json).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"node_id": "coordinator1", "addr": "10.0.2.9:2377"},
+                {"node_id": "other2", "addr": "10.0.2.5:2377"}
+            ])
+        );
+        // Nothing that could break out of the quotes gets in.
+        let odd = vec![("x'; reboot; '".to_string(), ip("10.0.2.1"))];
+        assert!(!restart_script(&BTreeMap::new(), &odd).contains("reboot"));
+        // No manager known: the file is left as it is.
+        assert!(!restart_script(&BTreeMap::new(), &[]).contains("printf '%s' '["));
     }
 }
