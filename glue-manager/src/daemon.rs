@@ -184,6 +184,7 @@ impl Daemon {
         // An absolute deadline: the recovery rounds must not keep pushing a
         // look that is due further away.
         let mut look_at = tokio::time::Instant::now();
+        let readdress_done = self.recoverer.readdress_done();
         loop {
             let mut look = false;
             let mut recover = false;
@@ -198,6 +199,7 @@ impl Daemon {
                     None => self.lost_docker("event stream ended (dockerd restarted?)".into()),
                 },
                 _ = recover_tick.tick() => recover = true,
+                _ = readdress_done.notified() => recover = true,
                 Some(heard) = self.recoverer.heard_rx.recv() => {
                     recover = self.recoverer.heard(&self.memory, heard);
                 }

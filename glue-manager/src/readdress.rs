@@ -18,6 +18,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use crate::docker::short;
@@ -223,15 +224,15 @@ async fn steps(env: &Env, t: &Target) -> Result<Outcome, String> {
     wait(
         &format!("every manager to see {name} at {to_raft}"),
         || async move {
-            for (m, addr) in &env.managers {
-                let seen = ssh(env, m, *addr, "docker node inspect", check)
+            // Asked of all at once: one SSH round trip per poll, not one
+            // per manager.
+            let seen = join_all(env.managers.iter().map(|(m, addr)| async move {
+                ssh(env, m, *addr, "docker node inspect", check)
                     .await
-                    .unwrap_or_default();
-                if seen.trim() != want.as_str() {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
+                    .unwrap_or_default()
+            }))
+            .await;
+            Ok(seen.iter().all(|s| s.trim() == want.as_str()))
         },
     )
     .await?;

@@ -73,6 +73,8 @@ pub struct Recoverer {
     /// The re-addressing under way (this manager coordinates it): the node's
     /// name and the task.
     readdressing: Option<(String, tokio::task::JoinHandle<Result<Outcome, String>>)>,
+    /// Told when that task ends, so the next round need not wait its turn.
+    readdress_done: Arc<tokio::sync::Notify>,
     say_tx: mpsc::UnboundedSender<String>,
     say_rx: mpsc::UnboundedReceiver<String>,
     /// Why re-addressing last had to wait (said once, not every round).
@@ -135,10 +137,16 @@ impl Recoverer {
             proven: BTreeMap::new(),
             agent_port,
             readdressing: None,
+            readdress_done: Arc::new(tokio::sync::Notify::new()),
             say_tx,
             say_rx,
             not_now: String::new(),
         }
+    }
+
+    /// Notified when a re-addressing this manager coordinates ends.
+    pub fn readdress_done(&self) -> Arc<tokio::sync::Notify> {
+        self.readdress_done.clone()
     }
 
     pub fn phase(&self) -> Phase {
@@ -553,7 +561,12 @@ impl Recoverer {
                             say: self.say_tx.clone(),
                         };
                         let name = target.hostname.clone();
-                        let task = tokio::spawn(async move { readdress::run(&env, &target).await });
+                        let done = self.readdress_done.clone();
+                        let task = tokio::spawn(async move {
+                            let r = readdress::run(&env, &target).await;
+                            done.notify_one();
+                            r
+                        });
                         self.readdressing = Some((name, task));
                     }
                 }
