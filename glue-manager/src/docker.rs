@@ -350,10 +350,15 @@ impl DockerApi {
                 .get(LABEL_EXPIRES)
                 .and_then(|e| e.parse().ok())
                 .unwrap_or(0);
-            if expires > now {
+            // A lease in this holder's own name is what an earlier attempt
+            // could not release (measured: the release failed with "node
+            // lost leader" and the re-addressing then waited out its own
+            // 300 s lease). A manager runs one task per purpose at a time,
+            // so it is a leftover: taken over like an expired one.
+            if expires > now && by != holder {
                 return Ok(Err(format!("held by {by} until {expires}")));
             }
-            // Expired: remove exactly that lease (by ID, so a lease someone
+            // Expired or ours: remove exactly that lease (by ID, so a lease someone
             // else took meanwhile is never removed), then try again.
             if let Some(id) = s.id {
                 let _ = self.docker.delete_secret(&id).await;

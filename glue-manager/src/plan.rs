@@ -160,16 +160,25 @@ pub fn rewrites_for(map: &BTreeMap<Ipv4Addr, Ipv4Addr>, own: Option<Ipv4Addr>) -
         .collect()
 }
 
-/// The manager that re-addresses `target`: the lowest node ID among the
-/// managers known to be up (this one and the proven ones), other than the
-/// target (a manager cannot promote itself back). Rewrites need no such
-/// choice: every manager tells every agent, and what one manager proved
-/// reaches the others through the agents' sets. Two managers that both think
-/// they coordinate are kept apart by the swarm lock.
+/// The manager that re-addresses `target`: the leader, when it is not the
+/// target — its Docker answers for sure, while another manager's may still
+/// be stuck dialling old addresses (measured: a coordinator whose `docker
+/// info` did not answer held a 5-manager recovery back for 25 s) — else
+/// (the leader is the target: a manager cannot promote itself back) the
+/// lowest node ID among the other managers known to be up (this one and the
+/// proven ones). Rewrites need no such choice: every manager tells every
+/// agent, and what one manager proved reaches the others through the
+/// agents' sets. Two managers that both think they coordinate are kept
+/// apart by the swarm lock.
 pub fn coordinator(obs: &Observation, memory: &Memory, target: &str) -> String {
     let mut up: BTreeSet<&str> = obs.proven.keys().map(String::as_str).collect();
     up.insert(memory.node_id.as_str());
     up.remove(target);
+    if let Health::Healthy { leader, .. } = &obs.health {
+        if up.contains(leader.as_str()) {
+            return leader.clone();
+        }
+    }
     up.into_iter().next().unwrap_or_default().to_string()
 }
 
@@ -801,20 +810,20 @@ mod tests {
             Phase::Readdress,
             "no clean-up while m3 is out"
         );
-        // m1 is the lowest manager up other than m3: m1 coordinates, not m2.
-        assert!(!p.coordinator);
-        // m3, a worker for now, serves no raft port and cannot be proven:
-        // its mark is enough.
-        let mut o1 = o.clone();
-        o1.local = vec![ip("10.0.2.9")];
-        o1.proven = BTreeMap::from([("m2".into(), ip("10.0.1.2"))]);
-        let p1 = plan(&o1, &memory("m1"), &rec, PORT);
-        assert!(p1.coordinator);
-        assert!(p1.actions.contains(&Action::Readdress {
+        // m2 leads, and the leader coordinates; m3, a worker for now,
+        // serves no raft port and cannot be proven: its mark is enough.
+        assert!(p.coordinator);
+        assert!(p.actions.contains(&Action::Readdress {
             node: "m3".into(),
             from: ip("10.0.1.3"),
             to: ip("10.0.2.8")
         }));
+        // m1 leaves it to the leader.
+        let mut o1 = o.clone();
+        o1.local = vec![ip("10.0.2.9")];
+        o1.proven = BTreeMap::from([("m2".into(), ip("10.0.1.2"))]);
+        let p1 = plan(&o1, &memory("m1"), &rec, PORT);
+        assert!(!p1.coordinator);
     }
 
     #[test]
