@@ -182,6 +182,15 @@ pub fn coordinator(obs: &Observation, memory: &Memory, target: &str) -> String {
     up.into_iter().next().unwrap_or_default().to_string()
 }
 
+/// How many managers may be re-addressed at once: as many as leave at least
+/// three raft members, which still keep quorum if one of them fails (what a
+/// 3-manager swarm tolerates at any time), and at most two. So one at a time
+/// below five managers; two at a time from five (measured on this machine:
+/// a step takes 17–40 s, so five one by one took 117–180 s).
+pub fn at_once(managers: usize) -> usize {
+    managers.saturating_sub(3).clamp(1, 2)
+}
+
 fn fmt_map(map: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> String {
     map.iter()
         .map(|(a, b)| format!("{a}→{b}"))
@@ -295,24 +304,36 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                 )));
             } else {
                 // A manager demoted for re-addressing is finished first (a
-                // coordinator may have died half-way); then one at a time,
-                // the leader last, so leadership moves once.
+                // coordinator may have died half-way); then the others, as
+                // many at once as `at_once` allows, the leader last and
+                // alone, so leadership moves once.
                 let mut todo: Vec<(&String, Ipv4Addr, Ipv4Addr)> = obs
                     .pending
                     .iter()
                     .map(|(id, (from, to))| (id, *from, current.get(id).copied().unwrap_or(*to)))
                     .collect();
-                if todo.is_empty() {
-                    todo = memory
-                        .nodes
-                        .iter()
-                        .filter(|(_, n)| n.role == Role::Manager)
-                        .filter_map(|(id, _)| match (recorded.get(id), current.get(id)) {
-                            (Some(r), Some(c)) if r != c => Some((id, *r, *c)),
-                            _ => None,
-                        })
-                        .collect();
-                    todo.sort_by_key(|(id, _, _)| (*id == leader, (*id).clone()));
+                let mut rest: Vec<(&String, Ipv4Addr, Ipv4Addr)> = memory
+                    .nodes
+                    .iter()
+                    .filter(|(id, n)| n.role == Role::Manager && !obs.pending.contains_key(*id))
+                    .filter_map(|(id, _)| match (recorded.get(id), current.get(id)) {
+                        (Some(r), Some(c)) if r != c => Some((id, *r, *c)),
+                        _ => None,
+                    })
+                    .collect();
+                rest.sort_by_key(|(id, _, _)| (*id == leader, (*id).clone()));
+                todo.extend(rest);
+                let managers = memory
+                    .nodes
+                    .values()
+                    .filter(|n| n.role == Role::Manager)
+                    .count();
+                let mut batch = Vec::new();
+                for (i, t) in todo.iter().enumerate() {
+                    if batch.len() == at_once(managers) || (i > 0 && t.0 == leader) {
+                        break;
+                    }
+                    batch.push(*t);
                 }
                 // Each step is checked from every manager: all must be up
                 // and proven (and re-addressing takes none out while one is
@@ -324,9 +345,9 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                     .iter()
                     .filter(|(_, n)| n.role == Role::Manager)
                     .all(|(id, _)| current.contains_key(id) || obs.pending.contains_key(id));
-                if let Some((id, from, to)) = todo.first().filter(|_| all_up) {
-                    coordinator = self::coordinator(obs, memory, id) == memory.node_id;
-                    if coordinator {
+                for (id, from, to) in batch.iter().filter(|_| all_up) {
+                    if self::coordinator(obs, memory, id) == memory.node_id {
+                        coordinator = true;
                         actions.push(Action::Readdress {
                             node: (*id).clone(),
                             from: *from,
@@ -890,5 +911,94 @@ mod tests {
             .actions
             .iter()
             .any(|a| matches!(a, Action::Timeline(t) if t.starts_with("converged"))));
+    }
+
+    #[test]
+    fn five_managers_are_re_addressed_two_at_a_time_the_leader_last_and_alone() {
+        assert_eq!(
+            (1..=7).map(at_once).collect::<Vec<_>>(),
+            [1, 1, 1, 1, 2, 2, 2]
+        );
+        let mem = |me: &str| {
+            let mut m = memory(me);
+            for (id, addr) in [("m4", "10.0.1.6"), ("m5", "10.0.1.7")] {
+                let mut n = m.nodes["m1"].clone();
+                n.hostname = id.into();
+                n.addr = addr.into();
+                n.manager_addr = Some(format!("{addr}:2377"));
+                m.nodes.insert(id.into(), n);
+            }
+            m
+        };
+        let new = [
+            ("m1", "10.0.2.1"),
+            ("m2", "10.0.2.2"),
+            ("m3", "10.0.2.3"),
+            ("m4", "10.0.2.4"),
+            ("m5", "10.0.2.5"),
+        ];
+        let old = [
+            ("m1", "10.0.1.1"),
+            ("m2", "10.0.1.2"),
+            ("m3", "10.0.1.3"),
+            ("m4", "10.0.1.6"),
+            ("m5", "10.0.1.7"),
+        ];
+        let rec = Recovery {
+            phase: Phase::Readdress,
+            generation: 5,
+            started_ms: Some(990_000),
+            quorum_ms: Some(995_000),
+            ..Recovery::default()
+        };
+        // Seen by `me`, with `recorded` what Docker records; the leader is m3.
+        let look = |me: &str, recorded: &[(&str, &str)], pending: &[(&str, &str, &str)]| {
+            let here = new.iter().find(|(id, _)| *id == me).expect("me").1;
+            let others: Vec<(&str, &str)> =
+                new.iter().filter(|(id, _)| *id != me).copied().collect();
+            let mut o = obs(here, &others, &[], healthy("m3", recorded));
+            o.pending = pending
+                .iter()
+                .map(|(id, f, t)| (id.to_string(), (ip(f), ip(t))))
+                .collect();
+            let p = plan(&o, &mem(me), &rec, PORT);
+            let mut re: Vec<String> = p
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Readdress { node, .. } => Some(node.clone()),
+                    _ => None,
+                })
+                .collect();
+            re.sort();
+            (p.coordinator, re)
+        };
+        // The leader coordinates two at a time; nobody else does.
+        assert_eq!(
+            look("m3", &old, &[]),
+            (true, vec!["m1".into(), "m2".into()])
+        );
+        assert_eq!(look("m1", &old, &[]), (false, vec![]));
+        // One of them is still out (its mark): it is finished, one more
+        // joins it, never a third.
+        let mut rec1 = old;
+        rec1[1] = new[1];
+        let m1_out = [("m1", "10.0.1.1", "10.0.2.1")];
+        let without_m1: Vec<(&str, &str)> =
+            rec1.iter().filter(|(id, _)| *id != "m1").copied().collect();
+        assert_eq!(
+            look("m3", &without_m1, &m1_out),
+            (true, vec!["m1".into(), "m4".into()])
+        );
+        // Only the leader left: alone, by the lowest of the others.
+        let mut last = new;
+        last[2] = old[2];
+        assert_eq!(look("m3", &last, &[]), (false, vec![]));
+        assert_eq!(look("m1", &last, &[]), (true, vec!["m3".into()]));
+        // The leader is not paired with another: m5 goes first, alone.
+        let mut two_left = new;
+        two_left[2] = old[2];
+        two_left[4] = old[4];
+        assert_eq!(look("m3", &two_left, &[]), (true, vec!["m5".into()]));
     }
 }

@@ -75,8 +75,10 @@ fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
-/// Re-addresses `t` under the swarm lock.
-pub async fn run(env: &Env, t: &Target) -> Result<Outcome, String> {
+/// Re-addresses the `targets` (at most `plan::at_once` of them, chosen so
+/// the raft members left keep their quorum), side by side, under the one
+/// swarm lock.
+pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
     let docker = &env.ctx.docker;
     let lease = match docker
         .lock(LOCK, &env.ctx.manager_id, LEASE, now_s())
@@ -86,11 +88,30 @@ pub async fn run(env: &Env, t: &Target) -> Result<Outcome, String> {
         Ok(lease) => lease,
         Err(held) => return Ok(Outcome::NotNow(format!("the re-address lock is {held}"))),
     };
-    let result = steps(env, t).await;
+    let results = join_all(targets.iter().map(|t| steps(env, t))).await;
     if let Err(e) = docker.unlock(lease).await {
         tracing::warn!("{e}");
     }
-    result
+    let mut errors = Vec::new();
+    let mut waits = Vec::new();
+    for (t, r) in targets.iter().zip(results) {
+        match r {
+            Ok(Outcome::Done) => {}
+            Ok(Outcome::NotNow(why)) => waits.push(why),
+            Err(e) => errors.push(if targets.len() > 1 {
+                format!("{}: {e}", t.hostname)
+            } else {
+                e
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        Err(errors.join("; "))
+    } else if !waits.is_empty() {
+        Ok(Outcome::NotNow(waits.join("; ")))
+    } else {
+        Ok(Outcome::Done)
+    }
 }
 
 async fn steps(env: &Env, t: &Target) -> Result<Outcome, String> {

@@ -513,6 +513,7 @@ impl Recoverer {
             self.file.timeline.clear();
         }
         let mut pushes = Vec::new();
+        let mut batch = Vec::new();
         for a in p.actions {
             match a {
                 Action::Timeline(line) => {
@@ -529,48 +530,51 @@ impl Recoverer {
                     pushes.push((node, endpoint, generation, rewrites));
                 }
                 Action::Readdress { node, from, to } => {
-                    if let (None, Some(ctx)) = (&self.readdressing, &ctx) {
-                        let target = readdress::Target {
-                            hostname: memory
-                                .nodes
-                                .get(&node)
-                                .map(|n| n.hostname.clone())
-                                .unwrap_or_else(|| node.clone()),
-                            node,
-                            from,
-                            to,
-                        };
-                        let mut managers: BTreeMap<String, Ipv4Addr> =
-                            plan::current_addrs(&obs, memory)
-                                .into_iter()
-                                .filter(|(id, _)| {
-                                    memory
-                                        .nodes
-                                        .get(id)
-                                        .is_some_and(|n| n.role == Role::Manager)
-                                })
-                                .collect();
-                        // A demoted manager is where its mark says.
-                        for (id, (_, to)) in &obs.pending {
-                            managers.entry(id.clone()).or_insert(*to);
-                        }
-                        let env = readdress::Env {
-                            ctx: ctx.clone(),
-                            managers,
-                            map: p.next.map.clone(),
-                            say: self.say_tx.clone(),
-                        };
-                        let name = target.hostname.clone();
-                        let done = self.readdress_done.clone();
-                        let task = tokio::spawn(async move {
-                            let r = readdress::run(&env, &target).await;
-                            done.notify_one();
-                            r
-                        });
-                        self.readdressing = Some((name, task));
-                    }
+                    batch.push(readdress::Target {
+                        hostname: memory
+                            .nodes
+                            .get(&node)
+                            .map(|n| n.hostname.clone())
+                            .unwrap_or_else(|| node.clone()),
+                        node,
+                        from,
+                        to,
+                    });
                 }
             }
+        }
+        if let (false, None, Some(ctx)) = (batch.is_empty(), &self.readdressing, &ctx) {
+            let mut managers: BTreeMap<String, Ipv4Addr> = plan::current_addrs(&obs, memory)
+                .into_iter()
+                .filter(|(id, _)| {
+                    memory
+                        .nodes
+                        .get(id)
+                        .is_some_and(|n| n.role == Role::Manager)
+                })
+                .collect();
+            // A demoted manager is where its mark says.
+            for (id, (_, to)) in &obs.pending {
+                managers.entry(id.clone()).or_insert(*to);
+            }
+            let env = readdress::Env {
+                ctx: ctx.clone(),
+                managers,
+                map: p.next.map.clone(),
+                say: self.say_tx.clone(),
+            };
+            let name = batch
+                .iter()
+                .map(|t| t.hostname.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ");
+            let done = self.readdress_done.clone();
+            let task = tokio::spawn(async move {
+                let r = readdress::run(&env, &batch).await;
+                done.notify_one();
+                r
+            });
+            self.readdressing = Some((name, task));
         }
         let results = join_all(pushes.iter().map(|(node, endpoint, generation, rewrites)| {
             let body = CommandBody::SetRewrites {
