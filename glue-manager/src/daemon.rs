@@ -377,7 +377,13 @@ impl Daemon {
             Err(e) => return self.lost_docker(e.to_string()),
         };
         self.health = health_of(&snap);
-        if snap.local_state != "active" {
+        // Docker 20.10 can report "error" for a manager whose swarm runs fine
+        // (seen after a promotion: reachable, listed by the leader, `docker
+        // info` says "Swarm: error" with no message until dockerd restarts).
+        // A node that lists the swarm's nodes is in it.
+        let in_swarm = snap.local_state == "active"
+            || (snap.local_state == "error" && snap.control_available && !snap.nodes.is_empty());
+        if !in_swarm {
             return self.set_state(format!(
                 "this node is not part of a swarm (state {:?}); waiting",
                 snap.local_state

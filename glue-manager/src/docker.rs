@@ -429,23 +429,36 @@ impl DockerApi {
     /// availability, name) exactly as it is.
     pub async fn set_role(&self, node: &str, role: Role) -> Result<(), DockerError> {
         let what = || format!("setting the role of node {} to {role:?}", short(node));
-        let n = self.docker.inspect_node(node).await.map_err(call(what()))?;
-        let version = n.version.and_then(|v| v.index).unwrap_or(0);
-        let mut spec = n.spec.unwrap_or_default();
-        spec.role = Some(match role {
-            Role::Manager => NodeSpecRoleEnum::MANAGER,
-            Role::Worker => NodeSpecRoleEnum::WORKER,
-        });
-        self.docker
-            .update_node(
-                node,
-                spec,
-                bollard::query_parameters::UpdateNodeOptionsBuilder::default()
-                    .version(version as i64)
-                    .build(),
-            )
-            .await
-            .map_err(call(what()))
+        // The node object changes under us (its status, its certificate's
+        // renewal right after a restart): Docker then refuses the update as
+        // "out of sequence", and it is read and sent again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let n = self.docker.inspect_node(node).await.map_err(call(what()))?;
+            let version = n.version.and_then(|v| v.index).unwrap_or(0);
+            let mut spec = n.spec.unwrap_or_default();
+            spec.role = Some(match role {
+                Role::Manager => NodeSpecRoleEnum::MANAGER,
+                Role::Worker => NodeSpecRoleEnum::WORKER,
+            });
+            match self
+                .docker
+                .update_node(
+                    node,
+                    spec,
+                    bollard::query_parameters::UpdateNodeOptionsBuilder::default()
+                        .version(version as i64)
+                        .build(),
+                )
+                .await
+            {
+                Err(e) if attempt < 10 && e.to_string().contains("out of sequence") => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                r => return r.map_err(call(what())),
+            }
+        }
     }
 
     /// Marks `node` as being re-addressed from `from` to `to`, in the swarm
