@@ -182,13 +182,16 @@ pub fn coordinator(obs: &Observation, memory: &Memory, target: &str) -> String {
     up.into_iter().next().unwrap_or_default().to_string()
 }
 
-/// How many managers may be re-addressed at once: as many as leave at least
-/// three raft members, which still keep quorum if one of them fails (what a
-/// 3-manager swarm tolerates at any time), and at most two. So one at a time
-/// below five managers; two at a time from five (measured on this machine:
-/// a step takes 17–40 s, so five one by one took 117–180 s).
-pub fn at_once(managers: usize) -> usize {
-    managers.saturating_sub(3).clamp(1, 2)
+/// How many managers are re-addressed at once: one. Two at a time from five
+/// managers (the three raft members left keep their quorum through one
+/// failure) was built and measured: a 5-manager recovery converged in 110 s
+/// instead of 117–197 s, but the two managers' own tasks were rescheduled
+/// onto each other (slots moved from one manager to the other), which a
+/// recovery must not do; one at a time, a manager's task comes back on the
+/// same node. The planner and the executor take a batch, so this is where
+/// that choice would change.
+pub fn at_once(_managers: usize) -> usize {
+    1
 }
 
 fn fmt_map(map: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> String {
@@ -914,11 +917,8 @@ mod tests {
     }
 
     #[test]
-    fn five_managers_are_re_addressed_two_at_a_time_the_leader_last_and_alone() {
-        assert_eq!(
-            (1..=7).map(at_once).collect::<Vec<_>>(),
-            [1, 1, 1, 1, 2, 2, 2]
-        );
+    fn five_managers_are_re_addressed_one_at_a_time_by_the_leader_the_leader_last() {
+        assert_eq!((1..=7).map(at_once).collect::<Vec<_>>(), [1; 7]);
         let mem = |me: &str| {
             let mut m = memory(me);
             for (id, addr) in [("m4", "10.0.1.6"), ("m5", "10.0.1.7")] {
@@ -973,29 +973,22 @@ mod tests {
             re.sort();
             (p.coordinator, re)
         };
-        // The leader coordinates two at a time; nobody else does.
-        assert_eq!(
-            look("m3", &old, &[]),
-            (true, vec!["m1".into(), "m2".into()])
-        );
+        // The leader coordinates; nobody else does.
+        assert_eq!(look("m3", &old, &[]), (true, vec!["m1".into()]));
         assert_eq!(look("m1", &old, &[]), (false, vec![]));
-        // One of them is still out (its mark): it is finished, one more
-        // joins it, never a third.
+        // One is still out (its mark): it is finished first, alone.
         let mut rec1 = old;
         rec1[1] = new[1];
         let m1_out = [("m1", "10.0.1.1", "10.0.2.1")];
         let without_m1: Vec<(&str, &str)> =
             rec1.iter().filter(|(id, _)| *id != "m1").copied().collect();
-        assert_eq!(
-            look("m3", &without_m1, &m1_out),
-            (true, vec!["m1".into(), "m4".into()])
-        );
+        assert_eq!(look("m3", &without_m1, &m1_out), (true, vec!["m1".into()]));
         // Only the leader left: alone, by the lowest of the others.
         let mut last = new;
         last[2] = old[2];
         assert_eq!(look("m3", &last, &[]), (false, vec![]));
         assert_eq!(look("m1", &last, &[]), (true, vec!["m3".into()]));
-        // The leader is not paired with another: m5 goes first, alone.
+        // The leader goes after the others.
         let mut two_left = new;
         two_left[2] = old[2];
         two_left[4] = old[4];
