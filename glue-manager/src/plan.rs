@@ -184,12 +184,10 @@ pub fn coordinator(obs: &Observation, memory: &Memory, target: &str) -> String {
 
 /// How many managers are re-addressed at once: one. Two at a time from five
 /// managers (the three raft members left keep their quorum through one
-/// failure) was built and measured: a 5-manager recovery converged in 110 s
-/// instead of 117–197 s, but the two managers' own tasks were rescheduled
-/// onto each other (slots moved from one manager to the other), which a
-/// recovery must not do; one at a time, a manager's task comes back on the
-/// same node. The planner and the executor take a batch, so this is where
-/// that choice would change.
+/// failure) works with the batch the planner and the executor take, and
+/// converged a 5-manager recovery in 110 s instead of 117–197 s, but was
+/// measured in too few runs (in one, the pair's tasks were rescheduled onto
+/// each other) to be the default.
 pub fn at_once(_managers: usize) -> usize {
     1
 }
