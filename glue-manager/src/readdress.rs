@@ -89,8 +89,9 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
         Err(held) => return Ok(Outcome::NotNow(format!("the re-address lock is {held}"))),
     };
     // Demotions and dockerd restarts (the slow part) overlap; promotions
-    // take turns: two managers joining raft at once contend for its one
-    // membership change (measured: both then took 90 s to be seen).
+    // take turns. Seen: two managers promoted at once both waited the full
+    // 90 s to be seen by every manager (raft changes its membership one
+    // change at a time; that this was the cause is likely, not shown).
     let promote = tokio::sync::Mutex::new(());
     let results = join_all(targets.iter().map(|t| {
         let others: Vec<&str> = targets
@@ -406,6 +407,9 @@ pub fn restart_script(
 root=$(docker info --format '{{{{.DockerRootDir}}}}')
 f="$root/swarm/docker-state.json"
 [ -f "$f" ] || {{ echo "$f is missing: this node is not in a swarm" >&2; exit 3; }}
+# Whatever happens from here (a failed step, the SSH connection dropped),
+# dockerd is started again: a node must not be left without it.
+trap 'systemctl start docker.socket docker.service' EXIT HUP INT TERM
 systemctl stop docker.socket docker.service
 cp -p "$f" "$f.swarm-glue-old"
 sed -E{sed} "$f.swarm-glue-old" > "$f.swarm-glue-new"
@@ -521,6 +525,21 @@ mod tests {
         // Nothing that could break out of the quotes gets in.
         let odd = vec![("x'; reboot; '".to_string(), ip("10.0.2.1"))];
         assert!(!restart_script(&BTreeMap::new(), &odd).contains("reboot"));
+        // The whole script is valid sh, with dockerd started again on any exit.
+        let whole = restart_script(
+            &BTreeMap::from([(ip("10.0.1.2"), ip("10.0.2.7"))]),
+            &remotes,
+        );
+        assert!(whole.contains("trap 'systemctl start docker.socket docker.service' EXIT"));
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &whole])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // No manager known: the file is left as it is.
         assert!(!restart_script(&BTreeMap::new(), &[]).contains("printf '%s' '["));
     }
