@@ -336,7 +336,16 @@ impl Recoverer {
     ///
     /// An address this host rewrites proves nothing: the handshake would go
     /// to wherever the rewrite points.
-    async fn prove(&mut self, memory: &Memory, rewritten: &[Ipv4Addr]) {
+    /// A proof counts only if the address was not rewritten here before nor
+    /// after the handshake (a rule may arrive from another manager
+    /// meanwhile).
+    async fn prove(
+        &mut self,
+        memory: &Memory,
+        rewritten: &[Ipv4Addr],
+        signing: &SigningKey,
+        seq: &Sequence,
+    ) {
         let now = std::time::Instant::now();
         for claims in self.candidates.values_mut() {
             claims.retain(|a, _| !rewritten.contains(a));
@@ -363,9 +372,16 @@ impl Recoverer {
             }
         }))
         .await;
+        let after = if proofs.iter().any(Result::is_ok) {
+            self.local_rules(memory, signing, seq).await
+        } else {
+            Some(Vec::new())
+        };
         for ((node, addr, sender), proof) in todo.into_iter().zip(proofs) {
             let claims = self.candidates.entry(node.clone()).or_default();
             match proof {
+                // Rewritten meanwhile, or unknown: tried again next round.
+                Ok(_) if after.as_ref().is_none_or(|a| a.contains(&addr)) => {}
                 Ok(_) => {
                     claims.remove(&addr);
                     if self.proven.insert(node.clone(), addr) != Some(addr) {
@@ -491,10 +507,20 @@ impl Recoverer {
         if let Some(avahi) = &self.avahi {
             avahi.refresh(&self.heard_tx);
         }
-        let rewritten = self.local_rules(memory, signing, seq).await;
         self.resolve_managers(memory).await;
-        self.proven.retain(|_, a| !rewritten.contains(a));
-        self.prove(memory, &rewritten).await;
+        // Proving goes through this host's own rewrites, so it waits while
+        // they cannot be read (seen: the agent, busy, not answering within
+        // 2 s; a proof then went through a rule to a manager's *old*
+        // address, and the rewrite that followed cut that manager off).
+        match self.local_rules(memory, signing, seq).await {
+            Some(rewritten) => {
+                self.proven.retain(|_, a| !rewritten.contains(a));
+                self.prove(memory, &rewritten, signing, seq).await;
+            }
+            None => tracing::info!(
+                "recovery: this host's agent does not answer; claims are proven once it does"
+            ),
+        }
         let pending = match (&ctx, &health) {
             (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await,
             _ => BTreeMap::new(),
@@ -605,13 +631,14 @@ impl Recoverer {
         lines
     }
 
-    /// The addresses this host's own agent rewrites now.
+    /// The addresses this host's own agent rewrites now; `None` when the
+    /// agent does not answer (its rules are still in force then).
     async fn local_rules(
         &self,
         memory: &Memory,
         signing: &SigningKey,
         seq: &Sequence,
-    ) -> Vec<Ipv4Addr> {
+    ) -> Option<Vec<Ipv4Addr>> {
         let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, self.agent_port));
         match tell(
             memory,
@@ -623,8 +650,8 @@ impl Recoverer {
         )
         .await
         {
-            Ok(st) => st.rewrites.iter().map(|r| r.from).collect(),
-            Err(_) => Vec::new(),
+            Ok(st) => Some(st.rewrites.iter().map(|r| r.from).collect()),
+            Err(_) => None,
         }
     }
 

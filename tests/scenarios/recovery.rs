@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use swarm_glue_lab::glue::{self, Install};
 use swarm_glue_lab::recovery;
 use swarm_glue_lab::rng::Rng;
-use swarm_glue_lab::swarm;
 use swarm_glue_lab::{bench, par_map, wait_for, Addressing, Lab, LabSpec};
 
 use recovery::{say, Run, WATCH};
@@ -85,26 +84,8 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
         .expect("stop rogue");
 
     // ... stable for 60 s, and after the leader's dockerd restarts.
-    let stable_from = Instant::now();
-    while stable_from.elapsed() < Duration::from_secs(60) {
-        let left = recovery::not_converged(&lab, &run.managers, &run.nodes).expect("check");
-        assert!(left.is_empty(), "not stable after clean-up: {left:#?}");
-        std::thread::sleep(Duration::from_secs(10));
-    }
-    let leader = swarm::leader(&lab).expect("a leader");
-    lab.restart_docker(&leader)
-        .expect("restart the leader's dockerd");
-    let left = wait_for(
-        "the swarm to be whole after the leader's dockerd restarted",
-        Duration::from_secs(120),
-        Duration::from_secs(2),
-        || {
-            let h = swarm::health(&lab)?;
-            let left = recovery::not_converged(&lab, &run.managers, &run.nodes)?;
-            Ok((h.is_healthy() && left.is_empty()).then_some(()))
-        },
-    );
-    assert!(left.is_ok(), "{left:?}");
+    recovery::stable_then_leader_restart(&lab, &run.managers, &run.nodes)
+        .unwrap_or_else(|e| panic!("all_moved: {e}"));
 
     // 2. Only the managers move.
     run.move_and_recover("managers_moved", &run.managers);

@@ -137,7 +137,11 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
     }
     let (ids_kept, lost) = match recovery::fingerprint(&lab) {
         Ok(after) => {
-            let losses = recovery::losses(&before, &after, &managers);
+            let mut losses = recovery::losses(&before, &after, &managers);
+            match recovery::stopped_twice(&lab, &outcome) {
+                Ok(twice) => losses.extend(twice),
+                Err(e) => losses.push(format!("the task history cannot be read: {e}")),
+            }
             for d in &losses {
                 t.say(format!("changed: {d}"));
             }

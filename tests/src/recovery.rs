@@ -191,6 +191,8 @@ pub struct Outcome {
     pub converged: Option<Duration>,
     /// Why it had not converged when the watch ended.
     pub pending: Vec<String>,
+    /// When the move began, Unix seconds (rounded down).
+    pub moved_unix_s: u64,
 }
 
 /// Polls the moved swarm until it has converged or `timeout` passed since
@@ -203,7 +205,12 @@ pub fn watch(
     timeout: Duration,
     say: &dyn Fn(String),
 ) -> Result<Outcome> {
-    let mut o = Outcome::default();
+    let mut o = Outcome {
+        moved_unix_s: (SystemTime::now() - moved_at.elapsed())
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        ..Outcome::default()
+    };
     while moved_at.elapsed() < timeout {
         if o.quorum.is_none() && writable(lab, managers) {
             o.quorum = Some(moved_at.elapsed());
@@ -285,6 +292,64 @@ pub fn losses(before: &Fingerprint, after: &Fingerprint, managers: &[String]) ->
         }
     }
     out
+}
+
+/// The slots whose task was stopped more than once since the move: a
+/// manager's task may be stopped once (its dockerd restarts), never again
+/// (e.g. started on a manager re-addressed later). One line each.
+pub fn stopped_twice(lab: &Lab, o: &Outcome) -> Result<Vec<String>> {
+    let mut last = None;
+    for m in lab.managers() {
+        match swarm::started_since(lab, &m.name, o.moved_unix_s) {
+            Ok(counts) => {
+                return Ok(counts
+                    .into_iter()
+                    .filter(|(_, n)| *n > 1)
+                    .map(|((service, slot), n)| {
+                        format!("service {service} slot {slot}: started {n} times since the move")
+                    })
+                    .collect())
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| LabError::Invalid("the lab has no manager".into())))
+}
+
+/// What the acceptance asks after a recovery: still converged 60 s later
+/// (looked at every 10 s), and whole again after the leader's dockerd
+/// restarts (every node ready, every service at full strength, every
+/// manager at its current address). Returns the leader that was restarted.
+pub fn stable_then_leader_restart(
+    lab: &Lab,
+    managers: &[String],
+    nodes: &[String],
+) -> Result<String> {
+    let stable_from = Instant::now();
+    while stable_from.elapsed() < Duration::from_secs(60) {
+        let left = not_converged(lab, managers, nodes)?;
+        if !left.is_empty() {
+            return Err(LabError::Invalid(format!(
+                "not stable {:.0}s after convergence: {left:?}",
+                stable_from.elapsed().as_secs_f64()
+            )));
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let leader = swarm::leader(lab)
+        .ok_or_else(|| LabError::Invalid("no leader 60 s after convergence".into()))?;
+    lab.restart_docker(&leader)?;
+    wait_for(
+        "the swarm to be whole after the leader's dockerd restarted",
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        || {
+            let h = swarm::health(lab)?;
+            let left = not_converged(lab, managers, nodes)?;
+            Ok((h.is_healthy() && left.is_empty()).then_some(()))
+        },
+    )?;
+    Ok(leader)
 }
 
 /// Every manager's node ID as the swarm names them, by hostname.
@@ -385,8 +450,14 @@ impl<'a> Run<'a> {
         o
     }
 
+    /// Recovered, nothing lost, and no task stopped more than once.
     pub fn assert_recovered(&self, name: &str, before: &Fingerprint, o: &Outcome) {
         self.assert_recovered_where(name, before, o, &self.managers);
+        let twice = stopped_twice(self.lab, o).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            twice.is_empty(),
+            "{name}: tasks stopped more than once: {twice:#?}"
+        );
     }
 
     /// `restartable`: the nodes whose tasks may have been replaced in place

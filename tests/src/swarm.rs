@@ -429,6 +429,52 @@ fn tasks(lab: &Lab, via: &str) -> Result<BTreeMap<String, TaskFp>> {
         .collect())
 }
 
+/// How many tasks each slot was given since `since_s` (Unix seconds), for
+/// the slots given any: `(service ID, slot)` → count (a global service's
+/// "slot" is its node ID). Read from the tasks' history (`docker service ps`
+/// keeps the last few per slot), so a task stopped and started again once
+/// counts 1, twice counts 2.
+pub fn started_since(
+    lab: &Lab,
+    via: &str,
+    since_s: u64,
+) -> Result<BTreeMap<(String, String), usize>> {
+    let out = lab.sh(
+        via,
+        &format!(
+            "ids=$(for s in $(timeout {QUERY_TIMEOUT_S} docker service ls -q); do \
+               timeout {QUERY_TIMEOUT_S} docker service ps -q --no-trunc $s; done); \
+             [ -z \"$ids\" ] || timeout {QUERY_TIMEOUT_S} docker inspect --type task \
+               --format '{{{{.ServiceID}}}} {{{{.Slot}}}} {{{{.NodeID}}}} {{{{.CreatedAt.Unix}}}}' $ids"
+        ),
+    )?;
+    let mut counts = BTreeMap::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(service), Some(slot), Some(created)) = (
+            f.first(),
+            f.get(1),
+            f.last().and_then(|c| c.parse::<u64>().ok()),
+        ) else {
+            return Err(LabError::Invalid(format!(
+                "task history on {via}: cannot read {line:?}"
+            )));
+        };
+        if created < since_s {
+            continue;
+        }
+        let slot = if *slot == "0" {
+            f.get(2).copied().unwrap_or_default()
+        } else {
+            slot
+        };
+        *counts
+            .entry((service.to_string(), slot.to_string()))
+            .or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
 fn objects(lab: &Lab, via: &str, kind: &str) -> Result<Vec<ObjectJson>> {
     let out = lab.sh(
         via,
