@@ -453,14 +453,18 @@ mod tests {
             .find(|l| l.starts_with("sed -E"))
             .expect("sed line")
             .replace(" \"$f.swarm-glue-old\" > \"$f.swarm-glue-new\"", "");
+        sh(&["-c", &format!("printf '%s' '{state}' | {line}")])
+    }
+
+    /// Runs `sh` with `args`; it must succeed. Its output.
+    fn sh(args: &[&str]) -> String {
         let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf '%s' '{state}' | {line}"))
+            .args(args)
             .output()
             .expect("sh");
         assert!(
             out.status.success(),
-            "{}",
+            "sh {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).expect("utf8")
@@ -531,15 +535,7 @@ mod tests {
             &remotes,
         );
         assert!(whole.contains("trap 'systemctl start docker.socket docker.service' EXIT"));
-        let out = std::process::Command::new("sh")
-            .args(["-n", "-c", &whole])
-            .output()
-            .expect("sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        sh(&["-n", "-c", &whole]);
         // No manager known: the file is left as it is.
         assert!(!restart_script(&BTreeMap::new(), &[]).contains("printf '%s' '["));
     }

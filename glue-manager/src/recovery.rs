@@ -79,6 +79,8 @@ pub struct Recoverer {
     say_rx: mpsc::UnboundedReceiver<String>,
     /// Why re-addressing last had to wait (said once, not every round).
     not_now: String,
+    /// This host's agent did not answer last round (said once).
+    agent_silent: bool,
 }
 
 /// A claimed address waiting for its proof.
@@ -134,6 +136,7 @@ impl Recoverer {
             heard: BTreeMap::new(),
             candidates: BTreeMap::new(),
             warned: Default::default(),
+            agent_silent: false,
             proven: BTreeMap::new(),
             agent_port,
             readdressing: None,
@@ -373,7 +376,7 @@ impl Recoverer {
         }))
         .await;
         let after = if proofs.iter().any(Result::is_ok) {
-            self.local_rules(memory, signing, seq).await
+            self.local_rules(memory, signing, seq).await.ok()
         } else {
             Some(Vec::new())
         };
@@ -513,13 +516,20 @@ impl Recoverer {
         // 2 s; a proof then went through a rule to a manager's *old*
         // address, and the rewrite that followed cut that manager off).
         match self.local_rules(memory, signing, seq).await {
-            Some(rewritten) => {
+            Ok(rewritten) => {
+                if std::mem::take(&mut self.agent_silent) {
+                    tracing::info!("recovery: this host's agent answers again");
+                }
                 self.proven.retain(|_, a| !rewritten.contains(a));
                 self.prove(memory, &rewritten, signing, seq).await;
             }
-            None => tracing::info!(
-                "recovery: this host's agent does not answer; claims are proven once it does"
-            ),
+            Err(e) => {
+                if !std::mem::replace(&mut self.agent_silent, true) {
+                    tracing::warn!(
+                        "recovery: this host's agent does not answer ({e}); no claim is proven until it does"
+                    );
+                }
+            }
         }
         let pending = match (&ctx, &health) {
             (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await,
@@ -631,14 +641,15 @@ impl Recoverer {
         lines
     }
 
-    /// The addresses this host's own agent rewrites now; `None` when the
-    /// agent does not answer (its rules are still in force then).
+    /// The addresses this host's own agent rewrites now; an error (naming
+    /// the agent's address) when it does not answer: its rules are still in
+    /// force then, just unknown.
     async fn local_rules(
         &self,
         memory: &Memory,
         signing: &SigningKey,
         seq: &Sequence,
-    ) -> Option<Vec<Ipv4Addr>> {
+    ) -> Result<Vec<Ipv4Addr>, String> {
         let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, self.agent_port));
         match tell(
             memory,
@@ -650,8 +661,8 @@ impl Recoverer {
         )
         .await
         {
-            Ok(st) => Some(st.rewrites.iter().map(|r| r.from).collect()),
-            Err(_) => None,
+            Ok(st) => Ok(st.rewrites.iter().map(|r| r.from).collect()),
+            Err(e) => Err(e.to_string()),
         }
     }
 
