@@ -17,6 +17,7 @@ use zbus::zvariant::OwnedObjectPath;
 pub const SERVICE_TYPE: &str = "_swarm-glue._tcp";
 const IF_UNSPEC: i32 = -1;
 const PROTO_INET: i32 = 0;
+const AVAHI_NAME: &str = "org.freedesktop.Avahi";
 
 #[zbus::proxy(
     interface = "org.freedesktop.Avahi.Server",
@@ -175,6 +176,13 @@ pub enum Event {
     Removed(String),
     /// An announcement that could not be read or resolved, and why.
     Unreadable(String),
+    /// `org.freedesktop.Avahi` changed hands (avahi-daemon stopped, or a new
+    /// one started): the unique bus names of the old and new owner, empty
+    /// for none. Whatever was published or browsed with the old one is gone.
+    AvahiOwner {
+        old: String,
+        new: String,
+    },
 }
 
 impl Announcement {
@@ -268,6 +276,19 @@ pub struct Avahi {
     /// a restarted avahi-daemon has another, and has forgotten our entry
     /// group and browser.
     owner: String,
+    /// The tasks that follow this daemon's browser and bus name: ended with
+    /// it, so that a restarted avahi-daemon leaves nothing behind.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Avahi {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.get_mut() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
 }
 
 /// What a published service reports.
@@ -293,7 +314,47 @@ impl Avahi {
             server2,
             known: Default::default(),
             owner,
+            tasks: Default::default(),
         })
+    }
+
+    /// The unique bus name of the avahi-daemon this connection talks to.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    fn keep(&self, task: tokio::task::JoinHandle<()>) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
+        }
+    }
+
+    /// Sends [`Event::AvahiOwner`] to `tx` whenever `org.freedesktop.Avahi`
+    /// changes hands: a restarted avahi-daemon has forgotten every entry
+    /// group and browser, while our bus connection lives on and hears
+    /// nothing of it otherwise.
+    pub async fn watch_owner(&self, tx: mpsc::Sender<Event>) -> Result<(), DiscoveryError> {
+        let bus = zbus::fdo::DBusProxy::new(&self.conn).await?;
+        let mut changes = bus
+            .receive_name_owner_changed_with_args(&[(0, AVAHI_NAME)])
+            .await?;
+        self.keep(tokio::spawn(async move {
+            while let Some(sig) = changes.next().await {
+                let Ok(a) = sig.args() else { continue };
+                let name = |o: &zbus::zvariant::Optional<zbus::names::UniqueName<'_>>| {
+                    o.as_ref().map(|o| o.to_string()).unwrap_or_default()
+                };
+                let ev = Event::AvahiOwner {
+                    old: name(&a.old_owner),
+                    new: name(&a.new_owner),
+                };
+                if tx.send(ev).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        Ok(())
     }
 
     /// Whether the avahi-daemon we published with still runs (a restart
@@ -335,8 +396,17 @@ impl Avahi {
             .await?;
         group.commit().await?;
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(async move {
-            while let Some(sig) = states.next().await {
+        // Ends when the receiver is dropped (published anew) or with this
+        // daemon (see Drop).
+        self.keep(tokio::spawn(async move {
+            loop {
+                let sig = tokio::select! {
+                    _ = tx.closed() => break,
+                    sig = states.next() => match sig {
+                        Some(sig) => sig,
+                        None => break,
+                    },
+                };
                 let Ok(args) = sig.args() else { continue };
                 let ev = match args.state {
                     2 => Published::Established,
@@ -348,7 +418,7 @@ impl Avahi {
                     break;
                 }
             }
-        });
+        }));
         Ok((path, rx))
     }
 
@@ -377,7 +447,7 @@ impl Avahi {
         browser.start().await?;
         let gone = tx.clone();
         let known = self.known.clone();
-        tokio::spawn(async move {
+        self.keep(tokio::spawn(async move {
             while let Some(sig) = removed.next().await {
                 if let Ok(a) = sig.args() {
                     if let Ok(mut k) = known.lock() {
@@ -388,12 +458,12 @@ impl Avahi {
                     }
                 }
             }
-        });
+        }));
         let conn = self.conn.clone();
         let server = self.server.clone();
         let server2 = self.server2.clone();
         let known = self.known.clone();
-        tokio::spawn(async move {
+        self.keep(tokio::spawn(async move {
             let _browser = browser;
             while let Some(sig) = items.next().await {
                 let Ok(a) = sig.args() else { continue };
@@ -411,7 +481,7 @@ impl Avahi {
                     let _ = tx.send(event).await;
                 });
             }
-        });
+        }));
         Ok(())
     }
 
@@ -460,7 +530,7 @@ impl Avahi {
 
 async fn avahi_owner(conn: &zbus::Connection) -> Result<String, DiscoveryError> {
     let bus = zbus::fdo::DBusProxy::new(conn).await?;
-    let name = zbus::names::BusName::try_from("org.freedesktop.Avahi")
+    let name = zbus::names::BusName::try_from(AVAHI_NAME)
         .map_err(|e| DiscoveryError::Avahi(e.to_string()))?;
     Ok(bus
         .get_name_owner(name)

@@ -171,6 +171,10 @@ impl Recoverer {
         if self.avahi.is_none() {
             let avahi = Avahi::connect().await.map_err(|e| e.to_string())?;
             avahi
+                .watch_owner(self.heard_tx.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            avahi
                 .browse(self.heard_tx.clone())
                 .await
                 .map_err(|e| e.to_string())?;
@@ -269,6 +273,22 @@ impl Recoverer {
             Event::Unreadable(e) => {
                 tracing::debug!("an mDNS announcement could not be read: {e}");
                 return false;
+            }
+            Event::AvahiOwner { old, new } => {
+                // The watcher of an earlier connection may still have told
+                // of a change already dealt with: only the loss of the
+                // daemon published with counts.
+                let gone = self.avahi.as_ref().is_some_and(|a| a.owner() == old);
+                if gone {
+                    if new.is_empty() {
+                        tracing::warn!("avahi-daemon stopped; announcing again when it is back");
+                    } else {
+                        tracing::warn!("avahi-daemon restarted; browsing and announcing again");
+                    }
+                    self.avahi_lost();
+                }
+                // A round at once: it connects to the new daemon.
+                return !new.is_empty() && (gone || self.avahi.is_none());
             }
             Event::Removed(service) => {
                 // Claims stay until proven or refused: after a move a host's

@@ -9,7 +9,9 @@
 //!    configs, secrets and worker tasks unchanged — the rogue claim is
 //!    refused and logged with its sender; stable for 60 s and after the
 //!    leader's dockerd restarts;
-//! 2. only the managers move;
+//! 2. avahi-daemon restarts on every manager, on m2 after a worker took
+//!    its mDNS name: every manager announces itself again (under another
+//!    name if it gave way); then only the managers move;
 //! 3. every host moves and glue-manager is SIGKILLed on the manager that is
 //!    re-addressing another (systemd restarts it);
 //! 4. one manager is down while the others move, and comes back (on its old
@@ -87,7 +89,11 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     recovery::stable_then_leader_restart(&lab, &run.managers, &run.nodes)
         .unwrap_or_else(|e| panic!("all_moved: {e}"));
 
-    // 2. Only the managers move.
+    // 2. avahi-daemon restarts on every manager (on m2 after w1 took its
+    //    mDNS name): each announces itself again; then only the managers
+    //    move, found through the new daemons.
+    recovery::avahi_restarts(&lab, &run.managers, "m2", "w1")
+        .unwrap_or_else(|e| panic!("avahi restarts: {e}"));
     run.move_and_recover("managers_moved", &run.managers);
 
     // 3. glue-manager is killed on the manager that re-addresses another.

@@ -487,3 +487,172 @@ impl<'a> Run<'a> {
 fn secs_f64(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64())
 }
+
+/// One swarm-glue announcement as a host's avahi-daemon has it resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// The service name, unescaped (`swarm-glue <node ID prefix>[ #N]`).
+    pub name: String,
+    pub address: String,
+    /// The `node=` of its TXT record.
+    pub node: String,
+}
+
+/// The swarm-glue services the avahi-daemon of `on` knows, resolved
+/// (`avahi-browse -tpr`: what is cached, plus answers to its queries).
+pub fn announced(lab: &Lab, on: &str) -> Result<Vec<Announced>> {
+    let out = lab.sh(on, "avahi-browse -tpr _swarm-glue._tcp")?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(';').collect();
+            if f.len() < 10 || f[0] != "=" {
+                return None;
+            }
+            let node = f[9]
+                .split('"')
+                .find_map(|t| t.strip_prefix("node="))?
+                .to_string();
+            Some(Announced {
+                name: unescape_dns(f[3]),
+                address: f[7].to_string(),
+                node,
+            })
+        })
+        .collect())
+}
+
+/// avahi-browse writes a name's special characters as `\DDD` (decimal).
+fn unescape_dns(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = b
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .filter(|d| d.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|d| d.parse::<u8>().ok());
+        match (b[i], code) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// avahi-daemon restarts on every manager, and on `collide` only after
+/// `rogue` has taken its mDNS name: every manager announces itself again
+/// with its fresh daemon (`collide` under another name), the first other
+/// manager hears each of them at its address, and each journal says why.
+pub fn avahi_restarts(lab: &Lab, managers: &[String], collide: &str, rogue: &str) -> Result<()> {
+    let info = |m: &str, f: &str| -> Result<String> {
+        Ok(lab
+            .exec(m, &["docker", "info", "-f", f])?
+            .trim()
+            .to_string())
+    };
+    let cluster = info(collide, "{{.Swarm.Cluster.ID}}")?;
+    let mut me = BTreeMap::new();
+    for m in managers {
+        let addr = lab
+            .address(m)?
+            .ok_or_else(|| LabError::Invalid(format!("{m} has no address")))?;
+        me.insert(m.clone(), (info(m, "{{.Swarm.NodeID}}")?, addr.to_string()));
+    }
+    // What each journal said before, to read only what is new.
+    const GONE: [&str; 2] = ["avahi-daemon stopped", "avahi-daemon restarted"];
+    const GAVE_WAY: &str = "collides with another host's";
+    let said = |m: &str, what: &[&str]| {
+        let j = glue::manager_journal(lab, m);
+        what.iter().map(|w| j.matches(w).count()).sum::<usize>()
+    };
+    let gone_before: BTreeMap<&String, usize> =
+        managers.iter().map(|m| (m, said(m, &GONE))).collect();
+    let gave_way_before = said(collide, &[GAVE_WAY]);
+    let (cid, caddr) = me[collide].clone();
+    let taken = format!("swarm-glue {}", &cid[..12.min(cid.len())]);
+    let rogue_addr = lab
+        .address(rogue)?
+        .ok_or_else(|| LabError::Invalid(format!("{rogue} has no address")))?;
+    // Masked while down: the next D-Bus call would start it again.
+    lab.sh(
+        collide,
+        "systemctl mask --runtime --now avahi-daemon.socket avahi-daemon.service",
+    )?;
+    lab.sh(
+        rogue,
+        &format!(
+            "nohup avahi-publish -s '{taken}' _swarm-glue._tcp 7950 v=1 cluster={cluster} node={cid} addrs={rogue_addr} agent=7950 >/tmp/swarm-glue-taken.log 2>&1 &"
+        ),
+    )?;
+    wait_for(
+        &format!("{rogue} to publish {taken:?}"),
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let log = lab.sh(rogue, "cat /tmp/swarm-glue-taken.log")?;
+            Ok(log.contains("Established").then_some(()))
+        },
+    )?;
+    for m in managers.iter().filter(|m| *m != collide) {
+        lab.sh(m, "systemctl restart avahi-daemon")?;
+    }
+    lab.sh(
+        collide,
+        "systemctl unmask --runtime avahi-daemon.socket avahi-daemon.service && systemctl start avahi-daemon",
+    )?;
+    let observer = managers
+        .iter()
+        .find(|m| *m != collide)
+        .ok_or_else(|| LabError::Invalid("one manager only".into()))?;
+    let result = wait_for(
+        "every manager to announce itself again after avahi-daemon restarted",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let heard = announced(lab, observer)?;
+            for (m, (id, addr)) in &me {
+                let ok = |a: &Announced| a.node == *id && a.address == *addr;
+                // Its own daemon is new: it lists the service only if
+                // published again.
+                if !announced(lab, m)?.iter().any(ok) || !heard.iter().any(ok) {
+                    return Ok(None);
+                }
+                if said(m, &GONE) <= gone_before[m] {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    );
+    // Who keeps a contested name is mDNS's choice (seen both ways): if it
+    // was glue-manager that gave way, it must be heard under another name.
+    let gave_way = said(collide, &[GAVE_WAY]) > gave_way_before;
+    let renamed = announced(lab, observer)?
+        .iter()
+        .any(|a| a.node == cid && a.address == caddr && a.name != taken);
+    if result.is_ok() && gave_way && !renamed {
+        lab.sh(rogue, "pkill -x avahi-publish || true")?;
+        return Err(LabError::Invalid(format!(
+            "{collide} gave up {taken:?} to {rogue} but is not heard under another name"
+        )));
+    }
+    println!(
+        "avahi restarts: every manager announced again; {collide} gave way to {rogue}'s {taken:?}: {}",
+        if gave_way { "yes, announced under another name" } else { "no" }
+    );
+    lab.sh(rogue, "pkill -x avahi-publish || true")?;
+    result.map_err(|e| {
+        LabError::Invalid(format!(
+            "{e}; {observer} hears {:#?}",
+            announced(lab, observer).unwrap_or_default(),
+        ))
+    })
+}
