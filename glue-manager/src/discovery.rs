@@ -18,6 +18,8 @@ pub const SERVICE_TYPE: &str = "_swarm-glue._tcp";
 const IF_UNSPEC: i32 = -1;
 const PROTO_INET: i32 = 0;
 const AVAHI_NAME: &str = "org.freedesktop.Avahi";
+/// AVAHI_LOOKUP_RESULT_OUR_OWN: published by this very avahi-daemon.
+const LOOKUP_RESULT_OUR_OWN: u32 = 16;
 
 #[zbus::proxy(
     interface = "org.freedesktop.Avahi.Server",
@@ -467,6 +469,12 @@ impl Avahi {
             let _browser = browser;
             while let Some(sig) = items.next().await {
                 let Ok(a) = sig.args() else { continue };
+                // This host's own service, on each of its interfaces: nothing
+                // to learn from it, and resolving it on lo or a bridge only
+                // times out.
+                if a.flags & LOOKUP_RESULT_OUR_OWN != 0 {
+                    continue;
+                }
                 let (iface, name) = (a.interface, a.name.to_string());
                 if let Ok(mut k) = known.lock() {
                     k.insert((iface, name.clone()));
@@ -490,8 +498,20 @@ impl Avahi {
     /// old one: the browser reports the name once, so what it says now is
     /// only learnt by asking again.
     pub fn refresh(&self, tx: &mpsc::Sender<Event>) {
+        // An interface that is gone (a host moved by replacing its link, as
+        // the lab does) takes its entries with it: resolving on it can only
+        // time out, and Avahi does not always say they were removed.
+        let up: std::collections::BTreeSet<i32> = match nix::net::if_::if_nameindex() {
+            Ok(ifs) => ifs.iter().map(|i| i.index() as i32).collect(),
+            Err(_) => Default::default(),
+        };
         let known: Vec<(i32, String)> = match self.known.lock() {
-            Ok(k) => k.iter().cloned().collect(),
+            Ok(mut k) => {
+                if !up.is_empty() {
+                    k.retain(|(iface, _)| up.contains(iface));
+                }
+                k.iter().cloned().collect()
+            }
             Err(_) => return,
         };
         for (iface, name) in known {

@@ -187,6 +187,13 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
             Duration::from_secs(400),
             &|_| {},
         )?;
+        // Where the time went, from the managers' own timelines.
+        let since = recovery::unix_ms(std::time::SystemTime::now() - moved_at.elapsed());
+        for (t, m, line) in recovery::timelines(lab, &managers) {
+            if t >= since {
+                println!("  +{:5.1}s {m}: {line}", (t - since) as f64 / 1000.0);
+            }
+        }
         let (Some(q), Some(c)) = (o.quorum, o.converged) else {
             bail!("run {run} did not converge: {:?}", o.pending);
         };
