@@ -359,10 +359,10 @@ impl Avahi {
         Ok(())
     }
 
-    /// Whether the avahi-daemon we published with still runs (a restart
-    /// gives it another bus name).
-    pub async fn same_daemon(&self) -> bool {
-        avahi_owner(&self.conn).await.ok().as_deref() == Some(self.owner.as_str())
+    /// Who owns `org.freedesktop.Avahi` now (`None`: nobody); a restarted
+    /// avahi-daemon has another unique name than [`Avahi::owner`].
+    pub async fn owner_now(&self) -> Option<String> {
+        avahi_owner(&self.conn).await.ok()
     }
 
     pub fn connection(&self) -> &zbus::Connection {

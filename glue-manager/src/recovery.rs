@@ -162,10 +162,13 @@ impl Recoverer {
         if memory.cluster_id.is_empty() {
             return Ok(());
         }
+        // The owner is also compared here, not only followed by its signal:
+        // a restart between connecting and subscribing sends no signal this
+        // connection hears.
         if let Some(avahi) = &self.avahi {
-            if !avahi.same_daemon().await {
-                tracing::warn!("avahi-daemon restarted; browsing and announcing again");
-                self.avahi_lost();
+            let now = avahi.owner_now().await;
+            if now.as_deref() != Some(avahi.owner()) {
+                self.avahi_gone(now.is_some());
             }
         }
         if self.avahi.is_none() {
@@ -237,6 +240,17 @@ impl Recoverer {
         }
     }
 
+    /// The avahi-daemon published with is gone (`restarted`: another one
+    /// owns its bus name already): said, then [`Self::avahi_lost`].
+    fn avahi_gone(&mut self, restarted: bool) {
+        if restarted {
+            tracing::warn!("avahi-daemon restarted; browsing and announcing again");
+        } else {
+            tracing::warn!("avahi-daemon stopped; announcing again when it is back");
+        }
+        self.avahi_lost();
+    }
+
     /// Avahi went away (restarted): start over at the next [`Self::discover`].
     pub fn avahi_lost(&mut self) {
         self.avahi = None;
@@ -280,12 +294,7 @@ impl Recoverer {
                 // daemon published with counts.
                 let gone = self.avahi.as_ref().is_some_and(|a| a.owner() == old);
                 if gone {
-                    if new.is_empty() {
-                        tracing::warn!("avahi-daemon stopped; announcing again when it is back");
-                    } else {
-                        tracing::warn!("avahi-daemon restarted; browsing and announcing again");
-                    }
-                    self.avahi_lost();
+                    self.avahi_gone(!new.is_empty());
                 }
                 // A round at once: it connects to the new daemon.
                 return !new.is_empty() && (gone || self.avahi.is_none());

@@ -52,11 +52,16 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     let before = fp;
     let o = run.move_only("all_moved", &all, |_| {
         let w1 = lab.address("w1").ok().flatten().expect("w1 address");
-        let claim = format!(
-            "nohup avahi-publish -s 'swarm-glue rogue' _swarm-glue._tcp 7950 v=1 cluster={cluster} node={} addrs={w1} agent=7950 >/dev/null 2>&1 &",
-            ids["m2"]
-        );
-        lab.sh("w1", &claim).expect("rogue announcer");
+        recovery::publish_claim(
+            &lab,
+            "w1",
+            "swarm-glue rogue",
+            &cluster,
+            &ids["m2"],
+            w1,
+            "/dev/null",
+        )
+        .expect("rogue announcer");
     });
     run.assert_recovered("all_moved", &before, &o);
     let w1 = lab
@@ -82,8 +87,7 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
             && journals.iter().any(|j| j.contains("recovery: converged: ")),
         "journalctl -u glue-manager shows the recovery timeline on every manager: {journals:#?}"
     );
-    lab.sh("w1", "pkill avahi-publish || true")
-        .expect("stop rogue");
+    recovery::stop_claims(&lab, "w1").expect("stop rogue");
 
     // ... stable for 60 s, and after the leader's dockerd restarts.
     recovery::stable_then_leader_restart(&lab, &run.managers, &run.nodes)

@@ -6,6 +6,7 @@
 //! the recorded addresses, `iptables-save` on every node for rewrites left.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{LabError, Result};
@@ -547,24 +548,85 @@ fn unescape_dns(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Starts `avahi-publish` on `on`: a swarm-glue announcement under `name`
+/// claiming that `node` of `cluster` is at `addr` (a forged claim, as any
+/// host on the link can make). Its output goes to `log`; [`stop_claims`]
+/// ends it.
+pub fn publish_claim(
+    lab: &Lab,
+    on: &str,
+    name: &str,
+    cluster: &str,
+    node: &str,
+    addr: Ipv4Addr,
+    log: &str,
+) -> Result<()> {
+    lab.sh(
+        on,
+        &format!(
+            "nohup avahi-publish -s '{name}' _swarm-glue._tcp 7950 v=1 cluster={cluster} node={node} addrs={addr} agent=7950 >{log} 2>&1 &"
+        ),
+    )?;
+    Ok(())
+}
+
+/// Ends every claim [`publish_claim`] started on `on`.
+pub fn stop_claims(lab: &Lab, on: &str) -> Result<()> {
+    lab.sh(on, "pkill -x avahi-publish || true")?;
+    Ok(())
+}
+
 /// avahi-daemon restarts on every manager, and on `collide` only after
 /// `rogue` has taken its mDNS name: every manager announces itself again
-/// with its fresh daemon (`collide` under another name), the first other
-/// manager hears each of them at its address, and each journal says why.
+/// with its fresh daemon (`collide` under another name if it gave way), the
+/// first other manager hears each of them at its address, and each journal
+/// says why. Whatever happens, `collide`'s avahi-daemon is unmasked and
+/// started again and `rogue`'s claim ended before this returns.
 pub fn avahi_restarts(lab: &Lab, managers: &[String], collide: &str, rogue: &str) -> Result<()> {
+    let result = avahi_restarts_checked(lab, managers, collide, rogue);
+    let undo = lab
+        .sh(
+            collide,
+            "systemctl unmask --runtime avahi-daemon.socket avahi-daemon.service && systemctl start avahi-daemon",
+        )
+        .and_then(|_| stop_claims(lab, rogue));
+    let gave_way = result?;
+    undo?;
+    println!(
+        "avahi restarts: every manager announced again; {collide} gave way to {rogue}: {}",
+        if gave_way {
+            "yes, announced under another name"
+        } else {
+            "no"
+        }
+    );
+    Ok(())
+}
+
+/// [`avahi_restarts`] without the undoing; whether `collide` gave way.
+fn avahi_restarts_checked(
+    lab: &Lab,
+    managers: &[String],
+    collide: &str,
+    rogue: &str,
+) -> Result<bool> {
     let info = |m: &str, f: &str| -> Result<String> {
         Ok(lab
             .exec(m, &["docker", "info", "-f", f])?
             .trim()
             .to_string())
     };
+    let address = |m: &str| -> Result<Ipv4Addr> {
+        lab.address(m)?
+            .ok_or_else(|| LabError::Invalid(format!("{m} has no address")))
+    };
     let cluster = info(collide, "{{.Swarm.Cluster.ID}}")?;
     let mut me = BTreeMap::new();
     for m in managers {
-        let addr = lab
-            .address(m)?
-            .ok_or_else(|| LabError::Invalid(format!("{m} has no address")))?;
-        me.insert(m.clone(), (info(m, "{{.Swarm.NodeID}}")?, addr.to_string()));
+        me.insert(
+            m.clone(),
+            (info(m, "{{.Swarm.NodeID}}")?, address(m)?.to_string()),
+        );
     }
     // What each journal said before, to read only what is new.
     const GONE: [&str; 2] = ["avahi-daemon stopped", "avahi-daemon restarted"];
@@ -578,27 +640,22 @@ pub fn avahi_restarts(lab: &Lab, managers: &[String], collide: &str, rogue: &str
     let gave_way_before = said(collide, &[GAVE_WAY]);
     let (cid, caddr) = me[collide].clone();
     let taken = format!("swarm-glue {}", &cid[..12.min(cid.len())]);
-    let rogue_addr = lab
-        .address(rogue)?
-        .ok_or_else(|| LabError::Invalid(format!("{rogue} has no address")))?;
     // Masked while down: the next D-Bus call would start it again.
     lab.sh(
         collide,
         "systemctl mask --runtime --now avahi-daemon.socket avahi-daemon.service",
     )?;
-    lab.sh(
-        rogue,
-        &format!(
-            "nohup avahi-publish -s '{taken}' _swarm-glue._tcp 7950 v=1 cluster={cluster} node={cid} addrs={rogue_addr} agent=7950 >/tmp/swarm-glue-taken.log 2>&1 &"
-        ),
-    )?;
+    let log = "/tmp/swarm-glue-taken.log";
+    publish_claim(lab, rogue, &taken, &cluster, &cid, address(rogue)?, log)?;
     wait_for(
         &format!("{rogue} to publish {taken:?}"),
         Duration::from_secs(30),
         Duration::from_millis(500),
         || {
-            let log = lab.sh(rogue, "cat /tmp/swarm-glue-taken.log")?;
-            Ok(log.contains("Established").then_some(()))
+            Ok(lab
+                .sh(rogue, &format!("cat {log}"))?
+                .contains("Established")
+                .then_some(()))
         },
     )?;
     for m in managers.iter().filter(|m| *m != collide) {
@@ -611,8 +668,8 @@ pub fn avahi_restarts(lab: &Lab, managers: &[String], collide: &str, rogue: &str
     let observer = managers
         .iter()
         .find(|m| *m != collide)
-        .ok_or_else(|| LabError::Invalid("one manager only".into()))?;
-    let result = wait_for(
+        .ok_or_else(|| LabError::Invalid(format!("no manager but {collide} to listen")))?;
+    wait_for(
         "every manager to announce itself again after avahi-daemon restarted",
         Duration::from_secs(60),
         Duration::from_secs(1),
@@ -631,28 +688,23 @@ pub fn avahi_restarts(lab: &Lab, managers: &[String], collide: &str, rogue: &str
             }
             Ok(Some(()))
         },
-    );
+    )
+    .map_err(|e| {
+        LabError::Invalid(format!(
+            "{e}; {observer} hears {:#?}",
+            announced(lab, observer).unwrap_or_default(),
+        ))
+    })?;
     // Who keeps a contested name is mDNS's choice (seen both ways): if it
     // was glue-manager that gave way, it must be heard under another name.
     let gave_way = said(collide, &[GAVE_WAY]) > gave_way_before;
     let renamed = announced(lab, observer)?
         .iter()
         .any(|a| a.node == cid && a.address == caddr && a.name != taken);
-    if result.is_ok() && gave_way && !renamed {
-        lab.sh(rogue, "pkill -x avahi-publish || true")?;
+    if gave_way && !renamed {
         return Err(LabError::Invalid(format!(
-            "{collide} gave up {taken:?} to {rogue} but is not heard under another name"
+            "{collide} gave up {taken:?} to {rogue} but {observer} does not hear it at {caddr} under another name"
         )));
     }
-    println!(
-        "avahi restarts: every manager announced again; {collide} gave way to {rogue}'s {taken:?}: {}",
-        if gave_way { "yes, announced under another name" } else { "no" }
-    );
-    lab.sh(rogue, "pkill -x avahi-publish || true")?;
-    result.map_err(|e| {
-        LabError::Invalid(format!(
-            "{e}; {observer} hears {:#?}",
-            announced(lab, observer).unwrap_or_default(),
-        ))
-    })
+    Ok(gave_way)
 }
