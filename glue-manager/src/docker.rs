@@ -38,6 +38,12 @@ pub const JOB_PREFIX: &str = "swarm-glue-sshkey-";
 pub const READDRESS_PREFIX: &str = "swarm-glue-readdress-";
 const LABEL_FROM: &str = "io.swarm-glue.from";
 const LABEL_TO: &str = "io.swarm-glue.to";
+/// The secret that says swarm-glue raised the dispatcher heartbeat, and
+/// from what: one per swarm.
+pub const HEARTBEAT_MARK: &str = "swarm-glue-heartbeat";
+const LABEL_ORIGINAL: &str = "io.swarm-glue.original-ns";
+/// Docker's own default, for a swarm spec that does not say.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -602,6 +608,171 @@ impl DockerApi {
         Ok(state)
     }
 
+    /// Raises the swarm's dispatcher heartbeat period to at least `raised`
+    /// and leaves a mark naming the period it had, so any manager can put it
+    /// back. A node is declared down after three heartbeat periods of
+    /// silence, and its tasks are then replaced (on a worker: in place, a
+    /// new task for the same slot); a re-addressing makes nodes silent for
+    /// longer than Docker's default 15 s (a dockerd restart, a leader
+    /// change). Returns the period it had when this call raised it; `None`
+    /// when it was already high enough.
+    pub async fn hold_heartbeat(&self, raised: Duration) -> Result<Option<Duration>, DockerError> {
+        let (_, spec) = self.swarm_spec().await?;
+        let now = heartbeat_of(&spec);
+        if self.secrets_named(HEARTBEAT_MARK).await?.is_empty() {
+            let labels = HashMap::from([
+                (LABEL_KIND.to_string(), "heartbeat".to_string()),
+                (LABEL_ORIGINAL.to_string(), now.as_nanos().to_string()),
+            ]);
+            // Created once: a second manager finds it there (None) and keeps
+            // the period the first one recorded.
+            self.create_secret(HEARTBEAT_MARK, labels).await?;
+        }
+        if now >= raised {
+            return Ok(None);
+        }
+        self.set_heartbeat(raised, |_| true).await?;
+        Ok(Some(now))
+    }
+
+    /// Puts the heartbeat period back to what the mark recorded and removes
+    /// the mark; the period is left alone if someone set another one in the
+    /// meantime. Returns the period put back, `None` without a mark.
+    pub async fn release_heartbeat(
+        &self,
+        raised: Duration,
+    ) -> Result<Option<Duration>, DockerError> {
+        let marks = self.secrets_named(HEARTBEAT_MARK).await?;
+        let Some(original) = marks.iter().find_map(|s| {
+            s.spec
+                .as_ref()
+                .and_then(|sp| sp.labels.as_ref())
+                .and_then(|l| l.get(LABEL_ORIGINAL))
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_nanos)
+        }) else {
+            // No mark, or one that says nothing usable: nothing to put back.
+            for id in marks.into_iter().filter_map(|s| s.id) {
+                self.delete_mark(&id).await?;
+            }
+            return Ok(None);
+        };
+        if original < raised {
+            self.set_heartbeat(original, |now| now == raised).await?;
+        }
+        for id in marks.into_iter().filter_map(|s| s.id) {
+            self.delete_mark(&id).await?;
+        }
+        Ok(Some(original))
+    }
+
+    async fn delete_mark(&self, id: &str) -> Result<(), DockerError> {
+        match self.docker.delete_secret(id).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(call("removing the heartbeat mark")(e)),
+        }
+    }
+
+    /// Sets the period when `only_if(current period)` holds, changing
+    /// nothing else in the swarm's spec; read and sent again when another
+    /// update came in between.
+    async fn set_heartbeat(
+        &self,
+        period: Duration,
+        only_if: impl Fn(Duration) -> bool,
+    ) -> Result<(), DockerError> {
+        for attempt in 1.. {
+            let (version, mut spec) = self.swarm_spec().await?;
+            if !only_if(heartbeat_of(&spec)) {
+                return Ok(());
+            }
+            spec["Dispatcher"]["HeartbeatPeriod"] = serde_json::json!(period.as_nanos() as u64);
+            let body = serde_json::to_vec(&spec).unwrap_or_default();
+            let path = format!("/swarm/update?version={version}");
+            match self.raw("POST", &path, Some(body)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 5 && e.contains("out of sequence") => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(message) => {
+                    return Err(DockerError::Call {
+                        what: format!("setting the dispatcher heartbeat to {period:?}"),
+                        message,
+                    })
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// The swarm's spec exactly as Docker has it (fields bollard does not
+    /// model included) and its version.
+    async fn swarm_spec(&self) -> Result<(u64, serde_json::Value), DockerError> {
+        let fail = |message: String| DockerError::Call {
+            what: "inspecting the swarm".into(),
+            message,
+        };
+        let body = self.raw("GET", "/swarm", None).await.map_err(fail)?;
+        let mut swarm: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
+        let version = swarm["Version"]["Index"]
+            .as_u64()
+            .ok_or_else(|| fail("the reply has no Version.Index".into()))?;
+        if !swarm["Spec"].is_object() {
+            return Err(fail("the reply has no Spec".into()));
+        }
+        Ok((version, swarm["Spec"].take()))
+    }
+
+    /// One call to the Engine API on the socket, bounded to 3 s, for what
+    /// bollard has no call for (updating the swarm). The error carries
+    /// Docker's message.
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<bytes::Bytes, String> {
+        use http_body_util::{BodyExt, Full, Limited};
+        let call = async {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(format!("/v{}{path}", self.api_version))
+                .header("host", "docker")
+                .header("content-type", "application/json")
+                .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), 1 << 20)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the reply: {e}"))?
+                .to_bytes();
+            if status.is_success() {
+                Ok(bytes)
+            } else {
+                Err(format!(
+                    "{status}: {}",
+                    String::from_utf8_lossy(&bytes).trim()
+                ))
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(3), call).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("{method} {path}: no answer within 3s")),
+        }
+    }
+
     pub async fn remove_service(&self, name: &str) -> Result<(), DockerError> {
         match self.docker.delete_service(name).await {
             Ok(()) => Ok(()),
@@ -609,6 +780,14 @@ impl DockerApi {
             Err(e) => Err(call(format!("removing job {name}"))(e)),
         }
     }
+}
+
+/// The dispatcher heartbeat period a swarm spec (as JSON) sets.
+fn heartbeat_of(spec: &serde_json::Value) -> Duration {
+    spec["Dispatcher"]["HeartbeatPeriod"]
+        .as_u64()
+        .map(Duration::from_nanos)
+        .unwrap_or(DEFAULT_HEARTBEAT)
 }
 
 /// The marker secret of [`DockerApi::quorum`]; a kill between its create and
@@ -736,6 +915,18 @@ fn node_view(n: bollard::models::Node) -> Option<NodeView> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heartbeat_period_is_read_from_the_spec_docker_gives() {
+        let spec = serde_json::json!({"Dispatcher": {"HeartbeatPeriod": 20_000_000_000u64}});
+        assert_eq!(heartbeat_of(&spec), Duration::from_secs(20));
+        // A spec that does not say runs at Docker's default.
+        assert_eq!(heartbeat_of(&serde_json::json!({})), Duration::from_secs(5));
+        assert_eq!(
+            heartbeat_of(&serde_json::json!({"Dispatcher": {}})),
+            Duration::from_secs(5)
+        );
+    }
 
     #[test]
     fn the_key_job_is_pinned_to_its_node_runs_once_and_never_restarts() {

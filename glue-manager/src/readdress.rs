@@ -39,6 +39,17 @@ const SSH_TIMEOUT: Duration = Duration::from_secs(20);
 /// dockerd restart took 4–19 s on a busy 7-node lab, so 20 s was too short.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The dispatcher heartbeat period while managers are re-addressed. Docker
+/// declares a node down after three periods without a heartbeat (15 s by
+/// default; twice that after a leader change) and then replaces its tasks,
+/// on a worker too. A re-addressing makes nodes silent for that long: a
+/// dockerd restart took up to 27 s, and a worker whose manager went away
+/// must find another one (measured: a worker's task replaced in place in a
+/// 5-manager run; a worker whose dockerd was frozen was marked down after
+/// 12 s at the default and not in 50 s at 20 s). 20 s gives 60 s (120 s
+/// after a leader change); put back once the recovery is over.
+pub const HEARTBEAT: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct Target {
     pub node: String,
@@ -80,6 +91,26 @@ fn now_s() -> u64 {
 /// swarm lock.
 pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
     let docker = &env.ctx.docker;
+    // Every node must know the longer period before one goes silent: an
+    // agent learns it at its next heartbeat, at most one old period away.
+    let settled = match docker
+        .hold_heartbeat(HEARTBEAT)
+        .await
+        .map_err(|e| format!("{e}; no manager is restarted while nodes can be declared down"))?
+    {
+        Some(was) => {
+            say(
+                env,
+                format!(
+                    "dispatcher heartbeat raised from {:.0}s to {:.0}s while managers restart, so no node is declared down and its tasks replaced",
+                    was.as_secs_f64(),
+                    HEARTBEAT.as_secs_f64()
+                ),
+            );
+            Instant::now() + was + Duration::from_secs(1)
+        }
+        None => Instant::now(),
+    };
     let lease = match docker
         .lock(LOCK, &env.ctx.manager_id, LEASE, now_s())
         .await
@@ -100,7 +131,7 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
             .map(|o| o.node.as_str())
             .collect();
         let promote = &promote;
-        async move { steps(env, t, promote, &others).await }
+        async move { steps(env, t, promote, &others, settled).await }
     }))
     .await;
     if let Err(e) = docker.unlock(lease).await {
@@ -130,12 +161,14 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
 
 /// `others`: the managers re-addressed alongside, not asked whether they see
 /// this one (they may be workers for now); `promote` is held from the
-/// promotion until every manager sees the node.
+/// promotion until every manager sees the node; no dockerd restarts before
+/// `settled`.
 async fn steps(
     env: &Env,
     t: &Target,
     promote: &tokio::sync::Mutex<()>,
     others: &[&str],
+    settled: Instant,
 ) -> Result<Outcome, String> {
     let docker = &env.ctx.docker;
     let started = Instant::now();
@@ -212,6 +245,8 @@ async fn steps(
         .await?;
         let node_addr = ssh(env, &t.node, t.to, "docker info", INFO).await?;
         if node_addr.split_whitespace().nth(1) != Some(t.to.to_string().as_str()) {
+            let given_up = gave_up.elapsed();
+            tokio::time::sleep_until(settled.into()).await;
             let restart = Instant::now();
             // Where the node finds the managers once it is back: every other
             // manager where it is now, this one (up for sure) first.
@@ -238,7 +273,7 @@ async fn steps(
                 env,
                 format!(
                     "re-address {name}: manager role given up after {:.1}s; dockerd restarted with advertise address {} in {:.1}s",
-                    (restart - gave_up).as_secs_f64(),
+                    given_up.as_secs_f64(),
                     t.to,
                     restart.elapsed().as_secs_f64()
                 ),

@@ -81,6 +81,10 @@ pub struct Recoverer {
     not_now: String,
     /// This host's agent did not answer last round (said once).
     agent_silent: bool,
+    /// The dispatcher heartbeat may still be raised by a re-addressing
+    /// (a recovery ran, or this manager just started): looked at once the
+    /// recovery is over.
+    heartbeat_raised: bool,
 }
 
 /// A claimed address waiting for its proof.
@@ -137,6 +141,7 @@ impl Recoverer {
             candidates: BTreeMap::new(),
             warned: Default::default(),
             agent_silent: false,
+            heartbeat_raised: true,
             proven: BTreeMap::new(),
             agent_port,
             readdressing: None,
@@ -511,6 +516,32 @@ impl Recoverer {
         }
     }
 
+    /// Once a recovery is over, puts the dispatcher heartbeat back where it
+    /// was before re-addressing raised it (any manager may; the first one
+    /// does it, the others find no mark). Tried again next round on failure.
+    async fn heartbeat_back(&mut self, docker: &DockerApi, lines: &mut Vec<String>) {
+        let released = tokio::time::timeout(
+            Duration::from_secs(10),
+            docker.release_heartbeat(readdress::HEARTBEAT),
+        )
+        .await;
+        match released {
+            Ok(Ok(back)) => {
+                self.heartbeat_raised = false;
+                if let Some(p) = back {
+                    self.timeline(
+                        format!("dispatcher heartbeat back to {:.0}s", p.as_secs_f64()),
+                        lines,
+                    );
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("recovery: {e}; tried again next round"),
+            Err(_) => tracing::warn!(
+                "recovery: putting the dispatcher heartbeat back took over 10s; tried again next round"
+            ),
+        }
+    }
+
     fn timeline(&mut self, line: String, lines: &mut Vec<String>) {
         tracing::info!("recovery: {line}");
         self.file.timeline.push((now_ms(), line.clone()));
@@ -533,6 +564,11 @@ impl Recoverer {
             plan::remembered_addr(memory, &memory.node_id).is_some_and(|a| !local.contains(&a));
         let healthy = matches!(health, Health::Healthy { .. });
         let peers_moved = self.peers_moved(memory);
+        if self.file.recovery.phase != Phase::Idle {
+            self.heartbeat_raised = true;
+        } else if let (true, true, Some(ctx)) = (self.heartbeat_raised, healthy, &ctx) {
+            self.heartbeat_back(&ctx.docker, &mut lines).await;
+        }
         if healthy && !mine_moved && !peers_moved && self.file.recovery.phase == Phase::Idle {
             return lines;
         }
@@ -662,6 +698,12 @@ impl Recoverer {
                 ),
                 Err(e) => tracing::warn!("recovery: {name}: {e}"),
             }
+        }
+        // The heartbeat goes back before the recovery is said to be over.
+        if let (Phase::Idle, true, true, Some(ctx)) =
+            (p.next.phase, self.heartbeat_raised, healthy, &ctx)
+        {
+            self.heartbeat_back(&ctx.docker, &mut lines).await;
         }
         if p.next != self.file.recovery {
             self.file.recovery = p.next;

@@ -17,10 +17,11 @@ use crate::{par_map, wait_for};
 
 /// Names of swarm objects that swarm-glue (or this probe) creates and removes
 /// on its own; not part of the user's swarm.
-const TRANSIENT: [&str; 4] = [
+const TRANSIENT: [&str; 5] = [
     "swarm-glue-lock-",
     "swarm-glue-quorum-",
     "swarm-glue-readdress-",
+    "swarm-glue-heartbeat",
     "lab-quorum-",
 ];
 

@@ -350,7 +350,8 @@ pub struct TaskFp {
 
 /// What must be the same after a recovery as before: identities, roles,
 /// labels, availability, services and their versions, running tasks, configs
-/// and secrets. Addresses are deliberately not part of it.
+/// and secrets, and the swarm's own settings. Addresses are deliberately not
+/// part of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Fingerprint {
     pub nodes: BTreeMap<String, NodeFp>,
@@ -358,6 +359,9 @@ pub struct Fingerprint {
     pub tasks: BTreeMap<String, TaskFp>,
     pub configs: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, String>,
+    /// The swarm's spec (`docker info`'s `.Swarm.Cluster.Spec`, as JSON):
+    /// its raft, dispatcher, CA and orchestration settings.
+    pub settings: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -525,7 +529,24 @@ pub fn fingerprint(lab: &Lab, via: &str) -> Result<Fingerprint> {
         tasks: tasks(lab, via)?,
         configs: named("config")?,
         secrets: named("secret")?,
+        settings: settings(lab, via)?,
     })
+}
+
+fn settings(lab: &Lab, via: &str) -> Result<String> {
+    let out = lab.sh(
+        via,
+        &format!(
+            "timeout {QUERY_TIMEOUT_S} docker info --format '{{{{json .Swarm.Cluster.Spec}}}}'"
+        ),
+    )?;
+    let spec = out.trim();
+    if !spec.starts_with('{') {
+        return Err(LabError::Invalid(format!(
+            "the swarm's settings on {via}: cannot read {spec:?}"
+        )));
+    }
+    Ok(spec.to_string())
 }
 
 /// The fingerprint from the first manager that can answer.
@@ -549,6 +570,12 @@ impl Fingerprint {
         diff_maps("task", &self.tasks, &after.tasks, &mut out);
         diff_maps("config", &self.configs, &after.configs, &mut out);
         diff_maps("secret", &self.secrets, &after.secrets, &mut out);
+        if self.settings != after.settings {
+            out.push(format!(
+                "swarm settings changed: {} -> {}",
+                self.settings, after.settings
+            ));
+        }
         out
     }
 
@@ -631,6 +658,7 @@ mod tests {
             tasks,
             configs: BTreeMap::from([("c1".into(), "lab-config".into())]),
             secrets: BTreeMap::from([("x1".into(), "lab-secret".into())]),
+            settings: r#"{"Dispatcher":{"HeartbeatPeriod":5000000000}}"#.into(),
         }
     }
 
@@ -646,11 +674,13 @@ mod tests {
         after.nodes.get_mut("n1").expect("n1").labels.clear();
         after.tasks.remove("t1");
         after.secrets.insert("x2".into(), "other".into());
+        after.settings = r#"{"Dispatcher":{"HeartbeatPeriod":20000000000}}"#.into();
         let diff = before.diff(&after);
-        assert_eq!(diff.len(), 3, "{diff:#?}");
+        assert_eq!(diff.len(), 4, "{diff:#?}");
         assert!(diff[0].starts_with("node n1 changed"));
         assert!(diff[1].starts_with("task t1 is gone"));
         assert!(diff[2].starts_with("secret x2 is new"));
+        assert!(diff[3].starts_with("swarm settings changed"));
     }
 
     #[test]
