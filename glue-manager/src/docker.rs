@@ -42,6 +42,9 @@ const LABEL_TO: &str = "io.swarm-glue.to";
 /// from what: one per swarm.
 pub const HEARTBEAT_MARK: &str = "swarm-glue-heartbeat";
 const LABEL_ORIGINAL: &str = "io.swarm-glue.original-ns";
+const LABEL_SINCE: &str = "io.swarm-glue.since-ms";
+/// What [`DockerApi::retouch_heartbeat`] adds and takes away in turn.
+const RETOUCH: Duration = Duration::from_secs(1);
 /// Docker's own default, for a swarm spec that does not say.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -609,30 +612,71 @@ impl DockerApi {
     }
 
     /// Raises the swarm's dispatcher heartbeat period to at least `raised`
-    /// and leaves a mark naming the period it had, so any manager can put it
-    /// back. A node is declared down after three heartbeat periods of
-    /// silence, and its tasks are then replaced (on a worker: in place, a
-    /// new task for the same slot); a re-addressing makes nodes silent for
-    /// longer than Docker's default 15 s (a dockerd restart, a leader
-    /// change). Returns the period it had when this call raised it; `None`
-    /// when it was already high enough.
-    pub async fn hold_heartbeat(&self, raised: Duration) -> Result<Option<Duration>, DockerError> {
+    /// and leaves a mark naming the period it had and when, so any manager
+    /// can put it back. A node is declared down after three heartbeat
+    /// periods of silence, and its tasks are then replaced (on a worker: in
+    /// place, a new task for the same slot); a re-addressing makes nodes
+    /// silent for longer than Docker's default 15 s (a dockerd restart, a
+    /// leader change). `now_ms`: Unix time in ms.
+    pub async fn hold_heartbeat(&self, raised: Duration, now_ms: u64) -> Result<Held, DockerError> {
         let (_, spec) = self.swarm_spec().await?;
-        let now = heartbeat_of(&spec);
-        if self.secrets_named(HEARTBEAT_MARK).await?.is_empty() {
+        let period = heartbeat_of(&spec);
+        let marks = self.secrets_named(HEARTBEAT_MARK).await?;
+        let label = |k: &str| {
+            marks.iter().find_map(|s| {
+                s.spec
+                    .as_ref()
+                    .and_then(|sp| sp.labels.as_ref())
+                    .and_then(|l| l.get(k))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        };
+        let (original, since) = (label(LABEL_ORIGINAL), label(LABEL_SINCE));
+        if marks.is_empty() {
             let labels = HashMap::from([
                 (LABEL_KIND.to_string(), "heartbeat".to_string()),
-                (LABEL_ORIGINAL.to_string(), now.as_nanos().to_string()),
+                (LABEL_ORIGINAL.to_string(), period.as_nanos().to_string()),
+                (LABEL_SINCE.to_string(), now_ms.to_string()),
             ]);
             // Created once: a second manager finds it there (None) and keeps
             // the period the first one recorded.
             self.create_secret(HEARTBEAT_MARK, labels).await?;
         }
-        if now >= raised {
-            return Ok(None);
+        // Two managers may both get here: the second finds it raised.
+        if period < raised && self.set_heartbeat(raised, |p| p < raised).await? {
+            return Ok(Held {
+                raised_from: Some(period),
+                settled_ms: now_ms + period.as_millis() as u64 + 1000,
+            });
         }
-        self.set_heartbeat(raised, |_| true).await?;
-        Ok(Some(now))
+        // Raised earlier (by this manager or another): settled one old
+        // period after that.
+        let settled_ms = match (original, since) {
+            (Some(o), Some(t)) => t + o / 1_000_000 + 1000,
+            _ => now_ms,
+        };
+        Ok(Held {
+            raised_from: None,
+            settled_ms,
+        })
+    }
+
+    /// Makes a newly elected leader use the raised period: its dispatcher
+    /// starts with Docker's default and only takes the swarm's period from
+    /// an update that *changes* it (swarmkit's `Dispatcher.Run`), so the
+    /// period alternates between `raised` and `raised` + 1 s. Left alone
+    /// when it is neither (not ours). Whether it changed it.
+    pub async fn retouch_heartbeat(&self, raised: Duration) -> Result<bool, DockerError> {
+        let (_, spec) = self.swarm_spec().await?;
+        let now = heartbeat_of(&spec);
+        let next = if now == raised {
+            raised + RETOUCH
+        } else if now == raised + RETOUCH {
+            raised
+        } else {
+            return Ok(false);
+        };
+        self.set_heartbeat(next, |p| p == now).await
     }
 
     /// Puts the heartbeat period back to what the mark recorded and removes
@@ -658,7 +702,8 @@ impl DockerApi {
             return Ok(None);
         };
         if original < raised {
-            self.set_heartbeat(original, |now| now == raised).await?;
+            let ours = |now: Duration| now == raised || now == raised + RETOUCH;
+            self.set_heartbeat(original, ours).await?;
         }
         for id in marks.into_iter().filter_map(|s| s.id) {
             self.delete_mark(&id).await?;
@@ -676,22 +721,22 @@ impl DockerApi {
 
     /// Sets the period when `only_if(current period)` holds, changing
     /// nothing else in the swarm's spec; read and sent again when another
-    /// update came in between.
+    /// update came in between. Whether it set it.
     async fn set_heartbeat(
         &self,
         period: Duration,
         only_if: impl Fn(Duration) -> bool,
-    ) -> Result<(), DockerError> {
+    ) -> Result<bool, DockerError> {
         for attempt in 1.. {
             let (version, mut spec) = self.swarm_spec().await?;
             if !only_if(heartbeat_of(&spec)) {
-                return Ok(());
+                return Ok(false);
             }
             spec["Dispatcher"]["HeartbeatPeriod"] = serde_json::json!(period.as_nanos() as u64);
             let body = serde_json::to_vec(&spec).unwrap_or_default();
             let path = format!("/swarm/update?version={version}");
             match self.raw("POST", &path, Some(body)).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 Err(e) if attempt < 5 && e.contains("out of sequence") => {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
@@ -794,6 +839,16 @@ fn heartbeat_of(spec: &serde_json::Value) -> Duration {
 /// its removal leaves it, and the next start removes it.
 pub fn quorum_probe_name(node_id: &str) -> String {
     format!("swarm-glue-quorum-{}", short(node_id))
+}
+
+/// What [`DockerApi::hold_heartbeat`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The period it had, when this call raised it.
+    pub raised_from: Option<Duration>,
+    /// Unix ms from which every node has heard of the raised period (one
+    /// old period after it was raised, and a second).
+    pub settled_ms: u64,
 }
 
 pub struct Lease {

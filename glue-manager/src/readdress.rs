@@ -50,6 +50,15 @@ const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 /// after a leader change); put back once the recovery is over.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
 
+/// The timeline line of whoever raised the heartbeat.
+pub fn raised_line(was: Duration) -> String {
+    format!(
+        "dispatcher heartbeat raised from {:.0}s to {:.0}s while managers are re-addressed, so no node is declared down and its tasks replaced",
+        was.as_secs_f64(),
+        HEARTBEAT.as_secs_f64()
+    )
+}
+
 #[derive(Debug, Clone)]
 pub struct Target {
     pub node: String,
@@ -93,24 +102,19 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
     let docker = &env.ctx.docker;
     // Every node must know the longer period before one goes silent: an
     // agent learns it at its next heartbeat, at most one old period away.
-    let settled = match docker
-        .hold_heartbeat(HEARTBEAT)
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let held = docker
+        .hold_heartbeat(HEARTBEAT, now_ms)
         .await
-        .map_err(|e| format!("{e}; no manager is restarted while nodes can be declared down"))?
-    {
-        Some(was) => {
-            say(
-                env,
-                format!(
-                    "dispatcher heartbeat raised from {:.0}s to {:.0}s while managers restart, so no node is declared down and its tasks replaced",
-                    was.as_secs_f64(),
-                    HEARTBEAT.as_secs_f64()
-                ),
-            );
-            Instant::now() + was + Duration::from_secs(1)
-        }
-        None => Instant::now(),
-    };
+        .map_err(|e| format!("{e}; no manager is restarted while nodes can be declared down"))?;
+    if let Some(was) = held.raised_from {
+        say(env, raised_line(was));
+    }
+    // Bounded, whatever another manager's clock said when it raised it.
+    let settled = Instant::now()
+        + Duration::from_millis(held.settled_ms.saturating_sub(now_ms)).min(HEARTBEAT);
     let lease = match docker
         .lock(LOCK, &env.ctx.manager_id, LEASE, now_s())
         .await

@@ -85,6 +85,10 @@ pub struct Recoverer {
     /// (a recovery ran, or this manager just started): looked at once the
     /// recovery is over.
     heartbeat_raised: bool,
+    /// This recovery raised it already (as soon as quorum was back).
+    heartbeat_held: bool,
+    /// The leader whose dispatcher last heard the raised period.
+    heartbeat_leader: String,
 }
 
 /// A claimed address waiting for its proof.
@@ -142,6 +146,8 @@ impl Recoverer {
             warned: Default::default(),
             agent_silent: false,
             heartbeat_raised: true,
+            heartbeat_held: false,
+            heartbeat_leader: String::new(),
             proven: BTreeMap::new(),
             agent_port,
             readdressing: None,
@@ -528,6 +534,7 @@ impl Recoverer {
         match released {
             Ok(Ok(back)) => {
                 self.heartbeat_raised = false;
+                self.heartbeat_held = false;
                 if let Some(p) = back {
                     self.timeline(
                         format!("dispatcher heartbeat back to {:.0}s", p.as_secs_f64()),
@@ -697,6 +704,66 @@ impl Recoverer {
                     rewrites.len()
                 ),
                 Err(e) => tracing::warn!("recovery: {name}: {e}"),
+            }
+        }
+        // Raised as soon as quorum is back: a node that cannot reach a
+        // manager keeps the grace it had at its last heartbeat, so the
+        // longer one must be known to every node before re-addressing
+        // silences any of them. Any manager may; the first one does it.
+        let leader = match &obs.health {
+            Health::Healthy { leader, .. } => leader.clone(),
+            _ => String::new(),
+        };
+        if let (Phase::Readdress | Phase::CleanUp, true, false, Some(ctx)) = (
+            p.next.phase,
+            self.heartbeat_held,
+            leader.is_empty() || leader == self.heartbeat_leader,
+            &ctx,
+        ) {
+            // A new leader's dispatcher runs at Docker's default until the
+            // period changes (measured: a frozen worker's task replaced
+            // after a leader change, with the period raised).
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                ctx.docker.retouch_heartbeat(readdress::HEARTBEAT),
+            )
+            .await
+            {
+                Ok(Ok(changed)) => {
+                    if changed {
+                        tracing::info!(
+                            "recovery: dispatcher heartbeat set again for the new leader {leader}"
+                        );
+                    }
+                    self.heartbeat_leader = leader.clone();
+                }
+                Ok(Err(e)) => tracing::warn!("recovery: {e}; tried again next round"),
+                Err(_) => tracing::warn!(
+                    "recovery: setting the dispatcher heartbeat again took over 10s; tried again next round"
+                ),
+            }
+        }
+        if let (Phase::Readdress, false, true, Some(ctx)) =
+            (p.next.phase, self.heartbeat_held, healthy, &ctx)
+        {
+            let now_ms = now_ms();
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                ctx.docker.hold_heartbeat(readdress::HEARTBEAT, now_ms),
+            )
+            .await
+            {
+                Ok(Ok(held)) => {
+                    self.heartbeat_held = true;
+                    self.heartbeat_leader = leader.clone();
+                    if let Some(was) = held.raised_from {
+                        self.timeline(readdress::raised_line(was), &mut lines);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("recovery: {e}; tried again next round"),
+                Err(_) => tracing::warn!(
+                    "recovery: raising the dispatcher heartbeat took over 10s; tried again next round"
+                ),
             }
         }
         // The heartbeat goes back before the recovery is said to be over.

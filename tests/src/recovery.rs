@@ -180,6 +180,24 @@ pub fn timelines(lab: &Lab, managers: &[String]) -> Vec<(u64, String, String)> {
     out
 }
 
+/// What each manager's dockerd logged in the last 15 minutes about nodes it
+/// declared down or disconnected (what makes the swarm replace a node's
+/// tasks): for a failed loss check.
+pub fn nodes_down(lab: &Lab, managers: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in managers {
+        let lines = lab
+            .sh(
+                m,
+                "journalctl -u docker --since -15min --no-pager -o short-precise \
+                 | grep -E 'heartbeat expiration|heartbeat failure|marking node|node is down' || true",
+            )
+            .unwrap_or_else(|e| format!("cannot read: {e}"));
+        out.extend(lines.lines().map(|l| format!("{m}: {l}")));
+    }
+    out
+}
+
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -481,7 +499,12 @@ impl<'a> Run<'a> {
         let after = whole_again(self.lab, Duration::from_secs(90))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let losses = losses(before, &after, restartable);
-        assert!(losses.is_empty(), "{name}: the swarm changed: {losses:#?}");
+        assert!(
+            losses.is_empty(),
+            "{name}: the swarm changed: {losses:#?}\ntimeline: {:#?}\nDocker on the managers: {:#?}",
+            timelines(self.lab, &self.managers),
+            nodes_down(self.lab, &self.managers)
+        );
         assert_eq!(ids(before), ids(&after), "{name}: node IDs");
     }
 }

@@ -202,7 +202,10 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
         let mut losses = recovery::losses(&before, &after, &managers);
         losses.extend(recovery::stopped_twice(lab, &o)?);
         if !losses.is_empty() || recovery::ids(&before) != recovery::ids(&after) {
-            bail!("run {run}: the swarm changed: {losses:#?}");
+            bail!(
+                "run {run}: the swarm changed: {losses:#?}\nDocker on the managers: {:#?}",
+                recovery::nodes_down(lab, &managers)
+            );
         }
         // Not timed either: the rest of what the acceptance asks of a run.
         let leader = recovery::stable_then_leader_restart(lab, &managers, &all)
