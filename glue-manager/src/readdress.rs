@@ -41,13 +41,13 @@ const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The dispatcher heartbeat period while managers are re-addressed. Docker
 /// declares a node down after three periods without a heartbeat (15 s by
-/// default; twice that after a leader change) and then replaces its tasks,
-/// on a worker too. A re-addressing makes nodes silent for that long: a
-/// dockerd restart took up to 27 s, and a worker whose manager went away
-/// must find another one (measured: a worker's task replaced in place in a
-/// 5-manager run; a worker whose dockerd was frozen was marked down after
-/// 12 s at the default and not in 50 s at 20 s). 20 s gives 60 s (120 s
-/// after a leader change); put back once the recovery is over.
+/// default) and then replaces its tasks, on a worker too. A re-addressing
+/// makes nodes silent for that long: a dockerd restart took up to 27 s,
+/// and a node whose manager went away must find another one (measured: a
+/// worker's task replaced in place in a 5-manager run; a worker whose
+/// dockerd was frozen was marked down after 12 s at the default and not in
+/// 50 s at 20 s). 20 s gives 60 s; a node silent at a leader change still
+/// has Docker's fixed 30 s. Put back once the recovery is over.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
 
 /// The timeline line of whoever raised the heartbeat.

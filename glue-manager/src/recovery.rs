@@ -526,26 +526,16 @@ impl Recoverer {
     /// was before re-addressing raised it (any manager may; the first one
     /// does it, the others find no mark). Tried again next round on failure.
     async fn heartbeat_back(&mut self, docker: &DockerApi, lines: &mut Vec<String>) {
-        let released = tokio::time::timeout(
-            Duration::from_secs(10),
-            docker.release_heartbeat(readdress::HEARTBEAT),
-        )
-        .await;
-        match released {
-            Ok(Ok(back)) => {
-                self.heartbeat_raised = false;
-                self.heartbeat_held = false;
-                if let Some(p) = back {
-                    self.timeline(
-                        format!("dispatcher heartbeat back to {:.0}s", p.as_secs_f64()),
-                        lines,
-                    );
-                }
+        let what = "putting the dispatcher heartbeat back";
+        if let Some(back) = bounded(what, docker.release_heartbeat(readdress::HEARTBEAT)).await {
+            self.heartbeat_raised = false;
+            self.heartbeat_held = false;
+            if let Some(p) = back {
+                self.timeline(
+                    format!("dispatcher heartbeat back to {:.0}s", p.as_secs_f64()),
+                    lines,
+                );
             }
-            Ok(Err(e)) => tracing::warn!("recovery: {e}; tried again next round"),
-            Err(_) => tracing::warn!(
-                "recovery: putting the dispatcher heartbeat back took over 10s; tried again next round"
-            ),
         }
     }
 
@@ -721,49 +711,29 @@ impl Recoverer {
             &ctx,
         ) {
             // A new leader's dispatcher runs at Docker's default until the
-            // period changes (measured: a frozen worker's task replaced
-            // after a leader change, with the period raised).
-            match tokio::time::timeout(
-                Duration::from_secs(10),
-                ctx.docker.retouch_heartbeat(readdress::HEARTBEAT),
-            )
-            .await
-            {
-                Ok(Ok(changed)) => {
-                    if changed {
-                        tracing::info!(
-                            "recovery: dispatcher heartbeat set again for the new leader {leader}"
-                        );
-                    }
-                    self.heartbeat_leader = leader.clone();
+            // period changes (read in swarmkit's `Dispatcher.Run`).
+            let what = "setting the dispatcher heartbeat again";
+            let retouch = ctx.docker.retouch_heartbeat(readdress::HEARTBEAT);
+            if let Some(changed) = bounded(what, retouch).await {
+                if changed {
+                    tracing::info!(
+                        "recovery: dispatcher heartbeat set again for the new leader {leader}"
+                    );
                 }
-                Ok(Err(e)) => tracing::warn!("recovery: {e}; tried again next round"),
-                Err(_) => tracing::warn!(
-                    "recovery: setting the dispatcher heartbeat again took over 10s; tried again next round"
-                ),
+                self.heartbeat_leader = leader.clone();
             }
         }
         if let (Phase::Readdress, false, true, Some(ctx)) =
             (p.next.phase, self.heartbeat_held, healthy, &ctx)
         {
-            let now_ms = now_ms();
-            match tokio::time::timeout(
-                Duration::from_secs(10),
-                ctx.docker.hold_heartbeat(readdress::HEARTBEAT, now_ms),
-            )
-            .await
-            {
-                Ok(Ok(held)) => {
-                    self.heartbeat_held = true;
-                    self.heartbeat_leader = leader.clone();
-                    if let Some(was) = held.raised_from {
-                        self.timeline(readdress::raised_line(was), &mut lines);
-                    }
+            let what = "raising the dispatcher heartbeat";
+            let hold = ctx.docker.hold_heartbeat(readdress::HEARTBEAT, now_ms());
+            if let Some(held) = bounded(what, hold).await {
+                self.heartbeat_held = true;
+                self.heartbeat_leader = leader.clone();
+                if let Some(was) = held.raised_from {
+                    self.timeline(readdress::raised_line(was), &mut lines);
                 }
-                Ok(Err(e)) => tracing::warn!("recovery: {e}; tried again next round"),
-                Err(_) => tracing::warn!(
-                    "recovery: raising the dispatcher heartbeat took over 10s; tried again next round"
-                ),
             }
         }
         // The heartbeat goes back before the recovery is said to be over.
@@ -871,6 +841,25 @@ impl Recoverer {
         let bytes = serde_json::to_vec_pretty(&self.file).unwrap_or_default();
         if let Err(e) = glue_node_agent::state::write_atomic(&self.path, &bytes) {
             tracing::error!("cannot save the recovery state: {e}");
+        }
+    }
+}
+
+/// A call to Docker bounded to 10 s; `None` (logged, tried again next
+/// round) when it fails or takes longer.
+async fn bounded<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, crate::docker::DockerError>>,
+) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::warn!("recovery: {e}; tried again next round");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("recovery: {what} took over 10s; tried again next round");
+            None
         }
     }
 }
