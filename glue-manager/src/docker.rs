@@ -514,11 +514,8 @@ impl DockerApi {
             .await?
         {
             if let Some(id) = s.id {
-                match self.docker.delete_secret(&id).await {
-                    Ok(()) => {}
-                    Err(e) if status_code(&e) == Some(404) => {}
-                    Err(e) => return Err(call("removing a re-address mark")(e)),
-                }
+                self.delete_mark(&id, &format!("re-address mark of node {}", short(node)))
+                    .await?;
             }
         }
         Ok(())
@@ -697,7 +694,7 @@ impl DockerApi {
         }) else {
             // No mark, or one that says nothing usable: nothing to put back.
             for id in marks.into_iter().filter_map(|s| s.id) {
-                self.delete_mark(&id).await?;
+                self.delete_mark(&id, HEARTBEAT_MARK).await?;
             }
             return Ok(None);
         };
@@ -706,16 +703,18 @@ impl DockerApi {
             self.set_heartbeat(original, ours).await?;
         }
         for id in marks.into_iter().filter_map(|s| s.id) {
-            self.delete_mark(&id).await?;
+            self.delete_mark(&id, HEARTBEAT_MARK).await?;
         }
         Ok(Some(original))
     }
 
-    async fn delete_mark(&self, id: &str) -> Result<(), DockerError> {
+    /// Removes one of glue-manager's marker secrets by ID; one already gone
+    /// is fine (another manager removed it).
+    async fn delete_mark(&self, id: &str, name: &str) -> Result<(), DockerError> {
         match self.docker.delete_secret(id).await {
             Ok(()) => Ok(()),
             Err(e) if status_code(&e) == Some(404) => Ok(()),
-            Err(e) => Err(call("removing the heartbeat mark")(e)),
+            Err(e) => Err(call(format!("removing secret {name} ({id})"))(e)),
         }
     }
 
