@@ -159,7 +159,13 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
         "quorum with m3 down",
         Duration::from_secs(120),
         Duration::from_secs(1),
-        || Ok(recovery::writable(&lab, &up).then(|| moved_at.elapsed())),
+        || {
+            Ok(recovery::quorum_after(
+                &lab,
+                &up,
+                std::time::SystemTime::now() - moved_at.elapsed(),
+            ))
+        },
     )
     .expect("the two managers up regain quorum");
     bench("recovery.one_down.quorum_s", quorum.as_secs_f64(), "s");

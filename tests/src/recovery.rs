@@ -70,9 +70,13 @@ fn confirmed(report: &serde_json::Value) -> usize {
         .unwrap_or(0)
 }
 
-/// Whether the swarm commits a write now (a leader that lost its followers
-/// still answers reads): a secret created and removed through any manager.
-pub fn writable(lab: &Lab, managers: &[String]) -> bool {
+/// When a write probe through any manager was committed, if one was (a
+/// leader that lost its followers still answers reads, so only a write says
+/// the swarm has a leader): the
+/// time the secret's creation returned, read from the host clock inside the
+/// node (containers share the kernel's clock), so the figure does not carry
+/// the probe's clean-up or its round trip back to the lab.
+pub fn committed_write(lab: &Lab, managers: &[String]) -> Option<SystemTime> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros())
@@ -83,13 +87,21 @@ pub fn writable(lab: &Lab, managers: &[String]) -> bool {
             .sh(
                 m,
                 &format!(
-                    "echo x | timeout 3 docker secret create {name} - >/dev/null && timeout 5 docker secret rm {name} >/dev/null"
+                    "echo x | timeout 3 docker secret create {name} - >/dev/null && date +%s%3N && timeout 5 docker secret rm {name} >/dev/null"
                 ),
             )
-            .is_ok())
+            .ok()
+            .and_then(|out| out.trim().parse::<u64>().ok())
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
     })
     .unwrap_or_default();
-    answers.into_iter().any(|x| x)
+    answers.into_iter().flatten().min()
+}
+
+/// How long after `moved` (a moment in the past) a write probe was
+/// committed, if one was now.
+pub fn quorum_after(lab: &Lab, managers: &[String], moved: SystemTime) -> Option<Duration> {
+    committed_write(lab, managers).map(|at| at.duration_since(moved).unwrap_or_default())
 }
 
 /// What still keeps the recovery from being complete, as seen from every
@@ -231,10 +243,13 @@ pub fn watch(
             .map_or(0, |d| d.as_secs()),
         ..Outcome::default()
     };
+    let moved_system = SystemTime::now() - moved_at.elapsed();
     while moved_at.elapsed() < timeout {
-        if o.quorum.is_none() && writable(lab, managers) {
-            o.quorum = Some(moved_at.elapsed());
-            say("the swarm commits writes again".into());
+        if o.quorum.is_none() {
+            o.quorum = quorum_after(lab, managers, moved_system);
+            if o.quorum.is_some() {
+                say("the swarm commits writes again".into());
+            }
         }
         if o.quorum.is_some() {
             let left = not_converged(lab, managers, nodes)?;
