@@ -327,7 +327,12 @@ impl Daemon {
             )
             .await;
         if !lines.is_empty() || self.recoverer.phase() != crate::plan::Phase::Idle {
-            self.set_state(format!("recovery: {:?}", self.recoverer.phase()).to_lowercase());
+            let mut state = format!("recovery: {:?}", self.recoverer.phase()).to_lowercase();
+            let waiting = &self.recoverer.file.waiting;
+            if !waiting.is_empty() {
+                state = format!("{state}, waiting for {}", waiting.join(", "));
+            }
+            self.set_state(state);
         }
         self.report.recovery = self.recoverer.file.clone();
     }

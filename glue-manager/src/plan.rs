@@ -104,6 +104,9 @@ pub struct Plan {
     /// This manager re-addresses the next manager (every manager tells
     /// agents the rewrites).
     pub coordinator: bool,
+    /// Nodes whose agent needs a new set but whose current address is not
+    /// known (the node is down, or has not been heard since it moved).
+    pub no_address: Vec<String>,
 }
 
 /// A node's remembered address: its raft address for a manager, its swarm
@@ -265,6 +268,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             actions,
             next,
             coordinator,
+            no_address: Vec::new(),
         };
     }
     // The map grows as peers are proven, and changes if they move again.
@@ -366,6 +370,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             actions,
             next,
             coordinator,
+            no_address: Vec::new(),
         };
     }
     // Every agent must have its set of the current generation.
@@ -375,6 +380,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         next.map.clone()
     };
     let mut all_clean = true;
+    let mut no_address = Vec::new();
     for id in memory.nodes.keys() {
         let own = current.get(id).copied();
         let want = rewrites_for(&wanted_map, own);
@@ -395,15 +401,17 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         if next.phase != Phase::Rewrite && seen.is_some_and(|a| a.generation > next.generation) {
             continue;
         }
-        if let Some(addr) = own {
-            actions.push(Action::SetRewrites {
-                node: id.clone(),
-                endpoint: SocketAddr::from((addr, agent_port)),
-                // An agent takes only a newer generation than it has.
-                generation: next.generation.max(seen.map_or(0, |a| a.generation + 1)),
-                rewrites: want,
-            });
-        }
+        let Some(addr) = own else {
+            no_address.push(id.clone());
+            continue;
+        };
+        actions.push(Action::SetRewrites {
+            node: id.clone(),
+            endpoint: SocketAddr::from((addr, agent_port)),
+            // An agent takes only a newer generation than it has.
+            generation: next.generation.max(seen.map_or(0, |a| a.generation + 1)),
+            rewrites: want,
+        });
     }
     if next.phase == Phase::CleanUp && all_clean {
         next.phase = Phase::Idle;
@@ -417,6 +425,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         actions,
         next,
         coordinator,
+        no_address,
     }
 }
 
@@ -875,6 +884,8 @@ mod tests {
             pushed.values().all(Vec::is_empty) && pushed.len() == 3,
             "{pushed:?}"
         );
+        // Workers are known by their agents' answers; none answered yet.
+        assert_eq!(p.no_address, ["w1", "w2"]);
         let g = p.next.generation;
         let empty: &[(&str, &str)] = &[];
         let agents: Vec<Seen<'_>> = vec![
@@ -905,7 +916,15 @@ mod tests {
             pushes(&plan(&nl, &memory("m1"), &behind_with_map, PORT)).is_empty(),
             "no old rules over a newer clean-up"
         );
+        // A worker that is down keeps the clean-up open, and is named.
+        let mut w2_down = o2.clone();
+        w2_down.agents.remove("w2");
+        let p_down = plan(&w2_down, &memory("m1"), &p.next, PORT);
+        assert_eq!(p_down.next.phase, Phase::CleanUp);
+        assert_eq!(p_down.no_address, ["w2"]);
+        assert!(pushes(&p_down).is_empty(), "the others are clean already");
         let p2 = plan(&o2, &memory("m1"), &p.next, PORT);
+        assert!(p2.no_address.is_empty());
         assert_eq!(p2.next.phase, Phase::Idle);
         assert_eq!(p2.next.converged_ms, Some(o2.now_ms));
         assert!(p2

@@ -49,6 +49,10 @@ pub struct RecoveryFile {
     pub recovery: Recovery,
     /// (unix ms, line) of the current or last recovery.
     pub timeline: Vec<(u64, String)>,
+    /// During clean-up: the nodes whose rewrites could not be removed yet,
+    /// each with the reason (a node that is down keeps the recovery open).
+    #[serde(default)]
+    pub waiting: Vec<String>,
 }
 
 pub struct Recoverer {
@@ -539,6 +543,17 @@ impl Recoverer {
         }
     }
 
+    /// Keeps which nodes hold the clean-up back (the daemon's state line
+    /// and `status` name them): the others are clean already, and the
+    /// recovery ends when these are back.
+    fn clean_up_waits(&mut self, phase: Phase, mut waiting: Vec<String>) {
+        if phase != Phase::CleanUp {
+            waiting.clear();
+        }
+        waiting.sort();
+        self.file.waiting = waiting;
+    }
+
     fn timeline(&mut self, line: String, lines: &mut Vec<String>) {
         tracing::info!("recovery: {line}");
         self.file.timeline.push((now_ms(), line.clone()));
@@ -682,20 +697,31 @@ impl Recoverer {
             tell(memory, node, *endpoint, body, signing, seq)
         }))
         .await;
-        for ((node, _, generation, rewrites), r) in pushes.iter().zip(results) {
-            let name = memory
+        let hostname = |node: &str| {
+            memory
                 .nodes
                 .get(node)
-                .map(|n| n.hostname.as_str())
-                .unwrap_or(node);
+                .map_or(node.to_string(), |n| n.hostname.clone())
+        };
+        let mut waiting: Vec<String> = p
+            .no_address
+            .iter()
+            .map(|n| format!("{} (not heard at any address since the move)", hostname(n)))
+            .collect();
+        for ((node, _, generation, rewrites), r) in pushes.iter().zip(results) {
+            let name = hostname(node);
             match r {
                 Ok(_) => tracing::info!(
                     "recovery: {name} applied generation {generation} ({} rewrites)",
                     rewrites.len()
                 ),
-                Err(e) => tracing::warn!("recovery: {name}: {e}"),
+                Err(e) => {
+                    tracing::warn!("recovery: {name}: {e}");
+                    waiting.push(format!("{name} (its agent did not take the set)"));
+                }
             }
         }
+        self.clean_up_waits(p.next.phase, waiting);
         // Raised as soon as quorum is back: a node that cannot reach a
         // manager keeps the grace it had at its last heartbeat, so the
         // longer one must be known to every node before re-addressing

@@ -219,6 +219,9 @@ pub fn render(
             secs(rec.quorum_ms),
             secs(rec.converged_ms)
         );
+        if !r.recovery.waiting.is_empty() {
+            let _ = writeln!(s, "  clean-up waits for {}", r.recovery.waiting.join(", "));
+        }
         for (_, line) in r.recovery.timeline.iter().rev().take(8).rev() {
             let _ = writeln!(s, "  {line}");
         }
