@@ -708,7 +708,7 @@ impl Recoverer {
             .iter()
             .map(|n| format!("{} (not heard at any address since the move)", hostname(n)))
             .collect();
-        for ((node, _, generation, rewrites), r) in pushes.iter().zip(results) {
+        for ((node, endpoint, generation, rewrites), r) in pushes.iter().zip(results) {
             let name = hostname(node);
             match r {
                 Ok(_) => tracing::info!(
@@ -717,7 +717,9 @@ impl Recoverer {
                 ),
                 Err(e) => {
                     tracing::warn!("recovery: {name}: {e}");
-                    waiting.push(format!("{name} (its agent did not take the set)"));
+                    waiting.push(format!(
+                        "{name} (its agent at {endpoint} did not take the set)"
+                    ));
                 }
             }
         }

@@ -153,19 +153,14 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
         )
         .expect("move");
     let moved_at = Instant::now() - report.took;
+    let moved_system = std::time::SystemTime::now() - report.took;
     println!("one_down: m3 stopped; {report}");
     let up: Vec<String> = vec!["m1".into(), "m2".into()];
     let quorum = wait_for(
         "quorum with m3 down",
         Duration::from_secs(120),
         Duration::from_secs(1),
-        || {
-            Ok(recovery::quorum_after(
-                &lab,
-                &up,
-                std::time::SystemTime::now() - moved_at.elapsed(),
-            ))
-        },
+        || Ok(recovery::quorum_after(&lab, &up, moved_system)),
     )
     .expect("the two managers up regain quorum");
     bench("recovery.one_down.quorum_s", quorum.as_secs_f64(), "s");

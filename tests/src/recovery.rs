@@ -72,10 +72,10 @@ fn confirmed(report: &serde_json::Value) -> usize {
 
 /// When a write probe through any manager was committed, if one was (a
 /// leader that lost its followers still answers reads, so only a write says
-/// the swarm has a leader): the
-/// time the secret's creation returned, read from the host clock inside the
-/// node (containers share the kernel's clock), so the figure does not carry
-/// the probe's clean-up or its round trip back to the lab.
+/// the swarm has a leader): the time the secret's creation returned, read
+/// from the clock inside the node (containers share the kernel's), so the
+/// figure does not carry the probe's clean-up or its way back to the lab.
+/// The probe counts only if its secret could also be removed.
 pub fn committed_write(lab: &Lab, managers: &[String]) -> Option<SystemTime> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
