@@ -382,6 +382,12 @@ impl Daemon {
             Err(e) => return self.lost_docker(e.to_string()),
         };
         self.health = health_of(&snap);
+        self.recoverer.not_ready = snap
+            .nodes
+            .iter()
+            .filter(|n| n.state != "ready")
+            .map(|n| n.id.clone())
+            .collect();
         // Docker 20.10 can report "error" for a manager whose swarm runs fine
         // (seen after a promotion: reachable, listed by the leader, `docker
         // info` says "Swarm: error" with no message until dockerd restarts).

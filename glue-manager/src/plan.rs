@@ -50,6 +50,8 @@ pub struct Observation {
     pub proven: BTreeMap<String, Ipv4Addr>,
     /// Agents that answered with a signed status, by node ID.
     pub agents: BTreeMap<String, AgentSeen>,
+    /// Nodes Docker does not see ready (from the last look at Docker).
+    pub not_ready: BTreeSet<String>,
     /// Managers demoted to be re-addressed and not yet promoted again (the
     /// marks kept in the swarm): node ID → (old, new address).
     pub pending: BTreeMap<String, (Ipv4Addr, Ipv4Addr)>,
@@ -76,6 +78,11 @@ pub struct Recovery {
     pub started_ms: Option<u64>,
     pub quorum_ms: Option<u64>,
     pub converged_ms: Option<u64>,
+    /// The map as it was when clean-up began: a node that was down during
+    /// the recovery and comes back still dials the old addresses, and gets
+    /// these rules until Docker sees it again.
+    #[serde(default)]
+    pub last_map: BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +168,69 @@ pub fn rewrites_for(map: &BTreeMap<Ipv4Addr, Ipv4Addr>, own: Option<Ipv4Addr>) -
             to: *to,
         })
         .collect()
+}
+
+/// The last recovery's map, without rules for an address a node uses now.
+fn late_map(rec: &Recovery, current: &BTreeMap<String, Ipv4Addr>) -> BTreeMap<Ipv4Addr, Ipv4Addr> {
+    let mut map = rec.last_map.clone();
+    map.retain(|old, _| !current.values().any(|c| c == old));
+    map
+}
+
+/// After a recovery: a node that was down through it and is back dials the
+/// managers' old addresses, so Docker keeps it down. Its agent gets the last
+/// recovery's rules until Docker sees it ready, then the empty set (its
+/// dockerd has learnt where the managers are by then). An agent that holds
+/// a newer set than the last recovery's, other than these rules, heard from
+/// a manager that saw a new move: it is left alone.
+fn late_nodes(
+    obs: &Observation,
+    memory: &Memory,
+    current: &BTreeMap<String, Ipv4Addr>,
+    rec: &Recovery,
+    agent_port: u16,
+    actions: &mut Vec<Action>,
+) {
+    let late_map = late_map(rec, current);
+    if late_map.is_empty() || !matches!(obs.health, Health::Healthy { .. }) {
+        return;
+    }
+    for (id, seen) in &obs.agents {
+        let Some(node) = memory.nodes.get(id) else {
+            continue;
+        };
+        let rules = rewrites_for(&late_map, Some(seen.addr));
+        if rules.is_empty() || (seen.generation > rec.generation && seen.rewrites != rules) {
+            continue;
+        }
+        let (want, line) = if obs.not_ready.contains(id) {
+            (
+                rules,
+                format!(
+                    "late: {} is back at {} but Docker sees it down; it gets the last recovery's rules until it reconnects",
+                    node.hostname, seen.addr
+                ),
+            )
+        } else {
+            (
+                Vec::new(),
+                format!(
+                    "late: {} is ready again; its rules are removed",
+                    node.hostname
+                ),
+            )
+        };
+        if seen.rewrites == want {
+            continue;
+        }
+        actions.push(Action::Timeline(line));
+        actions.push(Action::SetRewrites {
+            node: id.clone(),
+            endpoint: SocketAddr::from((seen.addr, agent_port)),
+            generation: (seen.generation + 1).max(obs.now_ms),
+            rewrites: want,
+        });
+    }
 }
 
 /// The manager that re-addresses `target`: the leader, when it is not the
@@ -264,6 +334,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         }
     }
     if next.phase == Phase::Idle {
+        late_nodes(obs, memory, &current, &next, agent_port, &mut actions);
         return Plan {
             actions,
             next,
@@ -302,7 +373,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             if recorded_current(recorded) {
                 next.phase = Phase::CleanUp;
                 next.generation = (next.generation + 1).max(obs.now_ms);
-                next.map.clear();
+                next.last_map = std::mem::take(&mut next.map);
                 actions.push(Action::Timeline(format!(
                     "re-addressed: every manager's recorded address is its new one; clean-up with generation {}",
                     next.generation
@@ -381,9 +452,16 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     };
     let mut all_clean = true;
     let mut no_address = Vec::new();
+    let late_map = late_map(&next, &current);
     for id in memory.nodes.keys() {
         let own = current.get(id).copied();
-        let want = rewrites_for(&wanted_map, own);
+        // During clean-up a node Docker does not see (down through the
+        // recovery, back now) still needs the rules to reach the managers.
+        let want = if next.phase == Phase::CleanUp && obs.not_ready.contains(id) {
+            rewrites_for(&late_map, own)
+        } else {
+            rewrites_for(&wanted_map, own)
+        };
         let seen = obs.agents.get(id);
         // The same set under another manager's generation is just as good.
         let done = seen.is_some_and(|a| a.rewrites == want);
@@ -499,6 +577,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            not_ready: BTreeSet::new(),
             pending: BTreeMap::new(),
         }
     }
@@ -827,6 +906,7 @@ mod tests {
             started_ms: Some(990_000),
             quorum_ms: Some(995_000),
             converged_ms: None,
+            last_map: BTreeMap::new(),
         };
         let mut o = obs(
             "10.0.1.2",
@@ -866,6 +946,7 @@ mod tests {
             started_ms: Some(990_000),
             quorum_ms: Some(995_000),
             converged_ms: None,
+            last_map: BTreeMap::new(),
         };
         let h = healthy(
             "m2",
@@ -931,6 +1012,110 @@ mod tests {
             .actions
             .iter()
             .any(|a| matches!(a, Action::Timeline(t) if t.starts_with("converged"))));
+    }
+
+    #[test]
+    fn a_node_down_through_the_recovery_gets_the_last_rules_until_docker_sees_it() {
+        // m1..m3 and w1 moved from 10.0.1.x to 10.0.2.x and the recovery is
+        // over; w2 was down through it and is back at 10.0.2.5 (memory
+        // follows Docker: the managers are remembered at their new address).
+        let mut mem = memory("m1");
+        for (id, a) in [("m1", "10.0.2.1"), ("m2", "10.0.2.2"), ("m3", "10.0.2.3")] {
+            let n = mem.nodes.get_mut(id).expect("node");
+            n.addr = a.into();
+            n.manager_addr = Some(format!("{a}:2377"));
+        }
+        mem.nodes.get_mut("w1").expect("w1").addr = "10.0.2.4".into();
+        let last_map = BTreeMap::from([
+            (ip("10.0.1.1"), ip("10.0.2.1")),
+            (ip("10.0.1.2"), ip("10.0.2.2")),
+            (ip("10.0.1.3"), ip("10.0.2.3")),
+            (ip("10.0.1.4"), ip("10.0.2.4")),
+        ]);
+        let rec = Recovery {
+            phase: Phase::Idle,
+            generation: 7,
+            last_map: last_map.clone(),
+            ..Recovery::default()
+        };
+        let h = healthy(
+            "m2",
+            &[("m1", "10.0.2.1"), ("m2", "10.0.2.2"), ("m3", "10.0.2.3")],
+        );
+        let proven = [("m2", "10.0.2.2"), ("m3", "10.0.2.3")];
+        let empty: &[(&str, &str)] = &[];
+        let mut o = obs(
+            "10.0.2.1",
+            &proven,
+            &[("w1", "10.0.2.4", 7, empty), ("w2", "10.0.2.5", 3, empty)],
+            h.clone(),
+        );
+        o.not_ready = BTreeSet::from(["w2".to_string()]);
+        let p = plan(&o, &mem, &rec, PORT);
+        assert_eq!(p.next.phase, Phase::Idle, "no new recovery");
+        let want: Vec<(Ipv4Addr, Ipv4Addr)> = last_map.clone().into_iter().collect();
+        assert_eq!(
+            pushes(&p),
+            BTreeMap::from([("w2".to_string(), want.clone())])
+        );
+        // Told: nothing more while Docker still sees it down.
+        let rules: Vec<(&str, &str)> = vec![
+            ("10.0.1.1", "10.0.2.1"),
+            ("10.0.1.2", "10.0.2.2"),
+            ("10.0.1.3", "10.0.2.3"),
+            ("10.0.1.4", "10.0.2.4"),
+        ];
+        let mut told = obs(
+            "10.0.2.1",
+            &proven,
+            &[
+                ("w1", "10.0.2.4", 7, empty),
+                ("w2", "10.0.2.5", 1_000_000, &rules),
+            ],
+            h.clone(),
+        );
+        told.not_ready = o.not_ready.clone();
+        let p = plan(&told, &mem, &rec, PORT);
+        assert!(pushes(&p).is_empty(), "{:?}", p.actions);
+        assert_eq!(
+            p.next.phase,
+            Phase::Idle,
+            "the rules it holds start nothing"
+        );
+        // Ready again: the rules go.
+        told.not_ready.clear();
+        let p = plan(&told, &mem, &rec, PORT);
+        assert_eq!(pushes(&p), BTreeMap::from([("w2".to_string(), vec![])]));
+        // A newer set from another manager (a new move it saw) stands.
+        let other: Vec<(&str, &str)> = vec![("10.0.2.2", "10.0.3.2")];
+        let mut newer = obs(
+            "10.0.2.1",
+            &proven,
+            &[("w1", "10.0.2.4", 7, empty), ("w2", "10.0.2.5", 9, &other)],
+            h.clone(),
+        );
+        newer.not_ready = o.not_ready.clone();
+        assert!(
+            pushes(&plan(&newer, &mem, &rec, PORT)).is_empty(),
+            "no late rules over a newer recovery"
+        );
+        // An old address in use by a node now gets no rule.
+        let mut reused = o.clone();
+        reused.agents.get_mut("w2").expect("w2").addr = ip("10.0.1.3");
+        let p = plan(&reused, &mem, &rec, PORT);
+        let w2 = &pushes(&p)["w2"];
+        assert!(
+            !w2.iter().any(|(from, _)| *from == ip("10.0.1.3")),
+            "{w2:?}"
+        );
+        // During clean-up, the same node keeps the recovery open with its rules.
+        let cleaning = Recovery {
+            phase: Phase::CleanUp,
+            ..rec.clone()
+        };
+        let p = plan(&o, &mem, &cleaning, PORT);
+        assert_eq!(p.next.phase, Phase::CleanUp);
+        assert_eq!(pushes(&p)["w2"], want);
     }
 
     #[test]
