@@ -79,8 +79,8 @@ pub struct Recovery {
     pub quorum_ms: Option<u64>,
     pub converged_ms: Option<u64>,
     /// The map as it was when clean-up began: a node that was down during
-    /// the recovery and comes back still dials the old addresses, and gets
-    /// these rules until Docker sees it again.
+    /// the recovery and comes back during clean-up still dials the old
+    /// addresses, and gets these rules until Docker sees it again.
     #[serde(default)]
     pub last_map: BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
@@ -114,6 +114,9 @@ pub struct Plan {
     /// Nodes whose agent needs a new set but whose current address is not
     /// known (the node is down, or has not been heard since it moved).
     pub no_address: Vec<String>,
+    /// Nodes clean-up waits for because Docker sees them down: they keep the
+    /// last rules until their dockerd reconnects.
+    pub late: Vec<String>,
 }
 
 /// A node's remembered address: its raft address for a manager, its swarm
@@ -175,62 +178,6 @@ fn late_map(rec: &Recovery, current: &BTreeMap<String, Ipv4Addr>) -> BTreeMap<Ip
     let mut map = rec.last_map.clone();
     map.retain(|old, _| !current.values().any(|c| c == old));
     map
-}
-
-/// After a recovery: a node that was down through it and is back dials the
-/// managers' old addresses, so Docker keeps it down. Its agent gets the last
-/// recovery's rules until Docker sees it ready, then the empty set (its
-/// dockerd has learnt where the managers are by then). An agent that holds
-/// a newer set than the last recovery's, other than these rules, heard from
-/// a manager that saw a new move: it is left alone.
-fn late_nodes(
-    obs: &Observation,
-    memory: &Memory,
-    current: &BTreeMap<String, Ipv4Addr>,
-    rec: &Recovery,
-    agent_port: u16,
-    actions: &mut Vec<Action>,
-) {
-    let late_map = late_map(rec, current);
-    if late_map.is_empty() || !matches!(obs.health, Health::Healthy { .. }) {
-        return;
-    }
-    for (id, seen) in &obs.agents {
-        let Some(node) = memory.nodes.get(id) else {
-            continue;
-        };
-        let rules = rewrites_for(&late_map, Some(seen.addr));
-        if rules.is_empty() || (seen.generation > rec.generation && seen.rewrites != rules) {
-            continue;
-        }
-        let (want, line) = if obs.not_ready.contains(id) {
-            (
-                rules,
-                format!(
-                    "late: {} is back at {} but Docker sees it down; it gets the last recovery's rules until it reconnects",
-                    node.hostname, seen.addr
-                ),
-            )
-        } else {
-            (
-                Vec::new(),
-                format!(
-                    "late: {} is ready again; its rules are removed",
-                    node.hostname
-                ),
-            )
-        };
-        if seen.rewrites == want {
-            continue;
-        }
-        actions.push(Action::Timeline(line));
-        actions.push(Action::SetRewrites {
-            node: id.clone(),
-            endpoint: SocketAddr::from((seen.addr, agent_port)),
-            generation: (seen.generation + 1).max(obs.now_ms),
-            rewrites: want,
-        });
-    }
 }
 
 /// The manager that re-addresses `target`: the leader, when it is not the
@@ -334,12 +281,12 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         }
     }
     if next.phase == Phase::Idle {
-        late_nodes(obs, memory, &current, &next, agent_port, &mut actions);
         return Plan {
             actions,
             next,
             coordinator,
             no_address: Vec::new(),
+            late: Vec::new(),
         };
     }
     // The map grows as peers are proven, and changes if they move again.
@@ -442,6 +389,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             next,
             coordinator,
             no_address: Vec::new(),
+            late: Vec::new(),
         };
     }
     // Every agent must have its set of the current generation.
@@ -452,12 +400,16 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     };
     let mut all_clean = true;
     let mut no_address = Vec::new();
+    let mut late = Vec::new();
     let late_map = late_map(&next, &current);
     for id in memory.nodes.keys() {
         let own = current.get(id).copied();
         // During clean-up a node Docker does not see (down through the
-        // recovery, back now) still needs the rules to reach the managers.
+        // recovery, back now) still needs the rules to reach the managers:
+        // clean-up waits until its dockerd has reconnected (and learnt the
+        // managers' new addresses) before taking them away.
         let want = if next.phase == Phase::CleanUp && obs.not_ready.contains(id) {
+            late.push(id.clone());
             rewrites_for(&late_map, own)
         } else {
             rewrites_for(&wanted_map, own)
@@ -493,6 +445,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     }
     if next.phase == Phase::CleanUp && all_clean {
         next.phase = Phase::Idle;
+        next.last_map.clear();
         next.converged_ms = Some(obs.now_ms);
         actions.push(Action::Timeline(format!(
             "converged: no rewrite left on any node, {:.1}s after the move was detected",
@@ -504,6 +457,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         next,
         coordinator,
         no_address,
+        late,
     }
 }
 
@@ -1015,10 +969,10 @@ mod tests {
     }
 
     #[test]
-    fn a_node_down_through_the_recovery_gets_the_last_rules_until_docker_sees_it() {
-        // m1..m3 and w1 moved from 10.0.1.x to 10.0.2.x and the recovery is
-        // over; w2 was down through it and is back at 10.0.2.5 (memory
-        // follows Docker: the managers are remembered at their new address).
+    fn a_node_back_during_clean_up_keeps_the_last_rules_until_docker_sees_it() {
+        // m1..m3 and w1 moved from 10.0.1.x to 10.0.2.x and were
+        // re-addressed; w2 was down through it and is back at 10.0.2.5, its
+        // dockerd still dialling the managers' old addresses.
         let mut mem = memory("m1");
         for (id, a) in [("m1", "10.0.2.1"), ("m2", "10.0.2.2"), ("m3", "10.0.2.3")] {
             let n = mem.nodes.get_mut(id).expect("node");
@@ -1026,16 +980,18 @@ mod tests {
             n.manager_addr = Some(format!("{a}:2377"));
         }
         mem.nodes.get_mut("w1").expect("w1").addr = "10.0.2.4".into();
-        let last_map = BTreeMap::from([
+        let map = BTreeMap::from([
             (ip("10.0.1.1"), ip("10.0.2.1")),
             (ip("10.0.1.2"), ip("10.0.2.2")),
             (ip("10.0.1.3"), ip("10.0.2.3")),
             (ip("10.0.1.4"), ip("10.0.2.4")),
         ]);
-        let rec = Recovery {
-            phase: Phase::Idle,
+        let readdress = Recovery {
+            phase: Phase::Readdress,
             generation: 7,
-            last_map: last_map.clone(),
+            map: map.clone(),
+            started_ms: Some(990_000),
+            quorum_ms: Some(995_000),
             ..Recovery::default()
         };
         let h = healthy(
@@ -1043,79 +999,81 @@ mod tests {
             &[("m1", "10.0.2.1"), ("m2", "10.0.2.2"), ("m3", "10.0.2.3")],
         );
         let proven = [("m2", "10.0.2.2"), ("m3", "10.0.2.3")];
-        let empty: &[(&str, &str)] = &[];
-        let mut o = obs(
-            "10.0.2.1",
-            &proven,
-            &[("w1", "10.0.2.4", 7, empty), ("w2", "10.0.2.5", 3, empty)],
-            h.clone(),
-        );
-        o.not_ready = BTreeSet::from(["w2".to_string()]);
-        let p = plan(&o, &mem, &rec, PORT);
-        assert_eq!(p.next.phase, Phase::Idle, "no new recovery");
-        let want: Vec<(Ipv4Addr, Ipv4Addr)> = last_map.clone().into_iter().collect();
-        assert_eq!(
-            pushes(&p),
-            BTreeMap::from([("w2".to_string(), want.clone())])
-        );
-        // Told: nothing more while Docker still sees it down.
         let rules: Vec<(&str, &str)> = vec![
             ("10.0.1.1", "10.0.2.1"),
             ("10.0.1.2", "10.0.2.2"),
             ("10.0.1.3", "10.0.2.3"),
             ("10.0.1.4", "10.0.2.4"),
         ];
-        let mut told = obs(
+        let empty: &[(&str, &str)] = &[];
+        let mut o = obs(
+            "10.0.2.1",
+            &proven,
+            &[("w1", "10.0.2.4", 7, &rules[..3])],
+            h.clone(),
+        );
+        o.not_ready = BTreeSet::from(["w2".to_string()]);
+        // Every manager recorded at its new address: clean-up keeps the map.
+        let p = plan(&o, &mem, &readdress, PORT);
+        assert_eq!(p.next.phase, Phase::CleanUp);
+        assert!(p.next.map.is_empty());
+        assert_eq!(p.next.last_map, map);
+        let cleaning = p.next;
+        // w2 not heard: named, nothing to push to it.
+        assert_eq!(plan(&o, &mem, &cleaning, PORT).no_address, ["w2"]);
+        // w2 heard while Docker sees it down: the last rules, and a wait.
+        o.agents = obs(
             "10.0.2.1",
             &proven,
             &[
-                ("w1", "10.0.2.4", 7, empty),
-                ("w2", "10.0.2.5", 1_000_000, &rules),
+                ("m1", "10.0.2.1", 9, empty),
+                ("m2", "10.0.2.2", 9, empty),
+                ("m3", "10.0.2.3", 9, empty),
+                ("w1", "10.0.2.4", 9, empty),
+                ("w2", "10.0.2.5", 3, empty),
             ],
             h.clone(),
-        );
-        told.not_ready = o.not_ready.clone();
-        let p = plan(&told, &mem, &rec, PORT);
-        assert!(pushes(&p).is_empty(), "{:?}", p.actions);
-        assert_eq!(
-            p.next.phase,
-            Phase::Idle,
-            "the rules it holds start nothing"
-        );
-        // Ready again: the rules go.
-        told.not_ready.clear();
-        let p = plan(&told, &mem, &rec, PORT);
-        assert_eq!(pushes(&p), BTreeMap::from([("w2".to_string(), vec![])]));
-        // A newer set from another manager (a new move it saw) stands.
-        let other: Vec<(&str, &str)> = vec![("10.0.2.2", "10.0.3.2")];
-        let mut newer = obs(
+        )
+        .agents;
+        let p = plan(&o, &mem, &cleaning, PORT);
+        let want: Vec<(Ipv4Addr, Ipv4Addr)> = map.clone().into_iter().collect();
+        assert_eq!(pushes(&p), BTreeMap::from([("w2".to_string(), want)]));
+        assert_eq!(p.late, ["w2"]);
+        assert_eq!(p.next.phase, Phase::CleanUp);
+        // Holding them, still down: nothing to do, still waiting.
+        o.agents = obs(
             "10.0.2.1",
             &proven,
-            &[("w1", "10.0.2.4", 7, empty), ("w2", "10.0.2.5", 9, &other)],
+            &[
+                ("m1", "10.0.2.1", 9, empty),
+                ("m2", "10.0.2.2", 9, empty),
+                ("m3", "10.0.2.3", 9, empty),
+                ("w1", "10.0.2.4", 9, empty),
+                ("w2", "10.0.2.5", 9, &rules),
+            ],
             h.clone(),
-        );
-        newer.not_ready = o.not_ready.clone();
-        assert!(
-            pushes(&plan(&newer, &mem, &rec, PORT)).is_empty(),
-            "no late rules over a newer recovery"
-        );
+        )
+        .agents;
+        let p = plan(&o, &mem, &cleaning, PORT);
+        assert!(pushes(&p).is_empty(), "{:?}", p.actions);
+        assert_eq!(p.next.phase, Phase::CleanUp);
         // An old address in use by a node now gets no rule.
         let mut reused = o.clone();
         reused.agents.get_mut("w2").expect("w2").addr = ip("10.0.1.3");
-        let p = plan(&reused, &mem, &rec, PORT);
-        let w2 = &pushes(&p)["w2"];
+        let w2 = &pushes(&plan(&reused, &mem, &cleaning, PORT))["w2"];
         assert!(
             !w2.iter().any(|(from, _)| *from == ip("10.0.1.3")),
             "{w2:?}"
         );
-        // During clean-up, the same node keeps the recovery open with its rules.
-        let cleaning = Recovery {
-            phase: Phase::CleanUp,
-            ..rec.clone()
-        };
+        // Docker sees it ready: the rules go, then the recovery is over.
+        o.not_ready.clear();
         let p = plan(&o, &mem, &cleaning, PORT);
-        assert_eq!(p.next.phase, Phase::CleanUp);
-        assert_eq!(pushes(&p)["w2"], want);
+        assert_eq!(pushes(&p), BTreeMap::from([("w2".to_string(), vec![])]));
+        assert!(p.late.is_empty());
+        o.agents.get_mut("w2").expect("w2").rewrites.clear();
+        let p = plan(&o, &mem, &cleaning, PORT);
+        assert_eq!(p.next.phase, Phase::Idle);
+        assert!(p.next.last_map.is_empty());
     }
 
     #[test]

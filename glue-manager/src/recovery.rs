@@ -27,8 +27,6 @@ use crate::readdress::{self, Outcome};
 const PROOF_TIMEOUT: Duration = Duration::from_secs(2);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 const RAFT_PORT: u16 = 2377;
-/// How often, after a recovery, nodes Docker sees down are looked for.
-const LATE_CHECK: Duration = Duration::from_secs(10);
 
 /// This host's usable IPv4 addresses (no loopback, Docker or bridge ones).
 pub fn local_addrs() -> Vec<Ipv4Addr> {
@@ -97,10 +95,6 @@ pub struct Recoverer {
     heartbeat_leader: String,
     /// Nodes Docker does not see ready, from the daemon's last look.
     pub not_ready: BTreeSet<String>,
-    /// After a recovery, a node back from being down may need the last
-    /// rules: when it was last looked at, and whether that told an agent.
-    late_checked: Option<std::time::Instant>,
-    late_told: bool,
 }
 
 /// A claimed address waiting for its proof.
@@ -161,8 +155,6 @@ impl Recoverer {
             heartbeat_held: false,
             heartbeat_leader: String::new(),
             not_ready: BTreeSet::new(),
-            late_checked: None,
-            late_told: false,
             proven: BTreeMap::new(),
             agent_port,
             readdressing: None,
@@ -593,16 +585,7 @@ impl Recoverer {
             self.heartbeat_back(&ctx.docker, &mut lines).await;
         }
         if healthy && !mine_moved && !peers_moved && self.file.recovery.phase == Phase::Idle {
-            // A node down through the last recovery may be back: looked at
-            // every LATE_CHECK while Docker sees a node down, and right
-            // after an agent was told the rules (to take them away again).
-            let due = self.late_checked.is_none_or(|t| t.elapsed() >= LATE_CHECK);
-            let late = !self.file.recovery.last_map.is_empty()
-                && (self.late_told || (!self.not_ready.is_empty() && due));
-            if !late {
-                return lines;
-            }
-            self.late_checked = Some(std::time::Instant::now());
+            return lines;
         }
         if let Some(avahi) = &self.avahi {
             avahi.refresh(&self.heard_tx);
@@ -648,10 +631,6 @@ impl Recoverer {
         }
         let mut pushes = Vec::new();
         let mut batch = Vec::new();
-        self.late_told = p.next.phase == Phase::Idle
-            && p.actions
-                .iter()
-                .any(|a| matches!(a, Action::SetRewrites { .. }));
         for a in p.actions {
             match a {
                 Action::Timeline(line) => {
@@ -732,6 +711,12 @@ impl Recoverer {
             .no_address
             .iter()
             .map(|n| format!("{} (not heard at any address since the move)", hostname(n)))
+            .chain(p.late.iter().map(|n| {
+                format!(
+                    "{} (Docker sees it down; it keeps the last rules until it reconnects)",
+                    hostname(n)
+                )
+            }))
             .collect();
         for ((node, endpoint, generation, rewrites), r) in pushes.iter().zip(results) {
             let name = hostname(node);

@@ -15,7 +15,11 @@
 //! 3. every host moves and glue-manager is SIGKILLed on the manager that is
 //!    re-addressing another (systemd restarts it);
 //! 4. one manager is down while the others move, and comes back (on its old
-//!    network, then moved) later.
+//!    network, then moved) later;
+//! 5. one worker is down while the others move: clean-up names it and waits;
+//!    it comes back (moved too), its dockerd still dialling the managers' old
+//!    addresses, is given the last rules until Docker sees it, and the
+//!    recovery ends with it Ready and no rule left.
 //!
 //! Needs root, Docker and the release binaries (`make test` has all three).
 
@@ -183,6 +187,86 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     // ~10 s) and a worker may be marked down meanwhile: its task is then
     // started again in place. Everything else must be as before.
     run.assert_recovered_where("one_down", &before, &o, &run.nodes);
+    let clean = par_map(&run.nodes, |n| recovery::rewrites_on(&lab, n)).expect("rules");
+    assert!(clean.iter().all(|c| *c == 0), "rewrites left: {clean:?}");
+
+    // 5. w2 is down while the others move; clean-up waits for it, and it
+    //    comes back moved.
+    let before = recovery::fingerprint(&lab).expect("fingerprint");
+    lab.stop("w2").expect("stop w2");
+    let others: Vec<String> = all.iter().filter(|n| *n != "w2").cloned().collect();
+    let target = lab.free_subnet().expect("a free subnet");
+    let report = lab
+        .move_nodes(
+            &others,
+            target,
+            Addressing::Shuffled {
+                seed: Rng::fresh_seed(),
+            },
+        )
+        .expect("move");
+    let moved_at = Instant::now() - report.took;
+    println!("worker_late: w2 stopped; {report}");
+    let waiting = wait_for(
+        "clean-up to wait for w2",
+        Duration::from_secs(300),
+        Duration::from_secs(1),
+        || {
+            for m in &run.managers {
+                let Ok(Some(r)) = glue::manager_report(&lab, m) else {
+                    continue;
+                };
+                let phase = r["recovery"]["recovery"]["phase"].as_str().unwrap_or("");
+                let w = r["recovery"]["waiting"].to_string();
+                if phase == "clean_up" && w.contains("w2 (") {
+                    return Ok(Some(format!("{m}: {w}")));
+                }
+            }
+            Ok(None)
+        },
+    )
+    .expect("clean-up names the worker it waits for");
+    say(format!(
+        "+{:.1}s clean-up waits: {waiting}",
+        moved_at.elapsed().as_secs_f64()
+    ));
+    let started = recovery::unix_ms(std::time::SystemTime::now()) / 1000;
+    lab.start("w2").expect("start w2");
+    let rest = lab
+        .move_nodes(
+            &["w2".to_string()],
+            target,
+            Addressing::Shuffled {
+                seed: Rng::fresh_seed(),
+            },
+        )
+        .expect("move w2");
+    let back_at = Instant::now() - rest.took;
+    println!("worker_late: w2 back, {rest}");
+    let o = recovery::watch(&lab, &run.managers, &run.nodes, moved_at, WATCH, &|l| {
+        say(format!("+{:.1}s {l}", moved_at.elapsed().as_secs_f64()))
+    })
+    .expect("watch");
+    run.assert_recovered_where("worker_late", &before, &o, &run.nodes);
+    let back = back_at.duration_since(moved_at);
+    let converged = o.converged.expect("converged").saturating_sub(back);
+    bench(
+        "recovery.worker_late.back_to_converged_s",
+        converged.as_secs_f64(),
+        "s",
+    );
+    let agent = lab
+        .sh(
+            "w2",
+            &format!("journalctl -u glue-node-agent --no-pager -o cat --since @{started}"),
+        )
+        .expect("w2's agent journal");
+    assert!(
+        agent
+            .lines()
+            .any(|l| l.contains("set from") && !l.contains(" 0 rewrites")),
+        "w2's agent was given the last rules when it came back: {agent}"
+    );
     let clean = par_map(&run.nodes, |n| recovery::rewrites_on(&lab, n)).expect("rules");
     assert!(clean.iter().all(|c| *c == 0), "rewrites left: {clean:?}");
     swarm_glue_lab::lab::tear_down_checked(lab);
