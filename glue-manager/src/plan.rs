@@ -408,13 +408,17 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         // recovery, back now) still needs the rules to reach the managers:
         // clean-up waits until its dockerd has reconnected (and learnt the
         // managers' new addresses) before taking them away.
-        let want = if next.phase == Phase::CleanUp && obs.not_ready.contains(id) {
-            late.push(id.clone());
+        let is_late = next.phase == Phase::CleanUp && obs.not_ready.contains(id);
+        let want = if is_late {
             rewrites_for(&late_map, own)
         } else {
             rewrites_for(&wanted_map, own)
         };
         let seen = obs.agents.get(id);
+        // Named once: as late when its agent answers, else as not heard.
+        if is_late && seen.is_some() {
+            late.push(id.clone());
+        }
         // The same set under another manager's generation is just as good.
         let done = seen.is_some_and(|a| a.rewrites == want);
         if !(done && want.is_empty()) {
@@ -1020,7 +1024,9 @@ mod tests {
         assert_eq!(p.next.last_map, map);
         let cleaning = p.next;
         // w2 not heard: named, nothing to push to it.
-        assert_eq!(plan(&o, &mem, &cleaning, PORT).no_address, ["w2"]);
+        let p = plan(&o, &mem, &cleaning, PORT);
+        assert_eq!(p.no_address, ["w2"]);
+        assert!(p.late.is_empty(), "named once: {:?}", p.late);
         // w2 heard while Docker sees it down: the last rules, and a wait.
         o.agents = obs(
             "10.0.2.1",
