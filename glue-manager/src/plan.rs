@@ -1023,43 +1023,31 @@ mod tests {
         assert!(p.next.map.is_empty());
         assert_eq!(p.next.last_map, map);
         let cleaning = p.next;
+        // Every agent answers with the empty set but w2's.
+        let cleaned_but_w2 = |generation, w2: &[(&str, &str)]| {
+            let cleaned = [
+                ("m1", "10.0.2.1"),
+                ("m2", "10.0.2.2"),
+                ("m3", "10.0.2.3"),
+                ("w1", "10.0.2.4"),
+            ];
+            let mut seen: Vec<Seen<'_>> = cleaned.map(|(n, a)| (n, a, 9, empty)).to_vec();
+            seen.push(("w2", "10.0.2.5", generation, w2));
+            obs("10.0.2.1", &proven, &seen, h.clone()).agents
+        };
         // w2 not heard: named, nothing to push to it.
         let p = plan(&o, &mem, &cleaning, PORT);
         assert_eq!(p.no_address, ["w2"]);
         assert!(p.late.is_empty(), "named once: {:?}", p.late);
         // w2 heard while Docker sees it down: the last rules, and a wait.
-        o.agents = obs(
-            "10.0.2.1",
-            &proven,
-            &[
-                ("m1", "10.0.2.1", 9, empty),
-                ("m2", "10.0.2.2", 9, empty),
-                ("m3", "10.0.2.3", 9, empty),
-                ("w1", "10.0.2.4", 9, empty),
-                ("w2", "10.0.2.5", 3, empty),
-            ],
-            h.clone(),
-        )
-        .agents;
+        o.agents = cleaned_but_w2(3, empty);
         let p = plan(&o, &mem, &cleaning, PORT);
         let want: Vec<(Ipv4Addr, Ipv4Addr)> = map.clone().into_iter().collect();
         assert_eq!(pushes(&p), BTreeMap::from([("w2".to_string(), want)]));
         assert_eq!(p.late, ["w2"]);
         assert_eq!(p.next.phase, Phase::CleanUp);
         // Holding them, still down: nothing to do, still waiting.
-        o.agents = obs(
-            "10.0.2.1",
-            &proven,
-            &[
-                ("m1", "10.0.2.1", 9, empty),
-                ("m2", "10.0.2.2", 9, empty),
-                ("m3", "10.0.2.3", 9, empty),
-                ("w1", "10.0.2.4", 9, empty),
-                ("w2", "10.0.2.5", 9, &rules),
-            ],
-            h.clone(),
-        )
-        .agents;
+        o.agents = cleaned_but_w2(9, &rules);
         let p = plan(&o, &mem, &cleaning, PORT);
         assert!(pushes(&p).is_empty(), "{:?}", p.actions);
         assert_eq!(p.next.phase, Phase::CleanUp);

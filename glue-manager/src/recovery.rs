@@ -73,6 +73,10 @@ pub struct Recoverer {
     /// every round; it is logged once per sender and address).
     warned: std::collections::BTreeSet<(IpAddr, String)>,
     proven: BTreeMap<String, Ipv4Addr>,
+    /// What each proof stood on when it was made.
+    proof_basis: BTreeMap<String, Basis>,
+    /// This host's remembered address is gone (as of this round).
+    mine_moved: bool,
     agent_port: u16,
     /// The re-addressing under way (this manager coordinates it): the node's
     /// name and the task.
@@ -95,6 +99,43 @@ pub struct Recoverer {
     heartbeat_leader: String,
     /// Nodes Docker does not see ready, from the daemon's last look.
     pub not_ready: BTreeSet<String>,
+}
+
+/// What a proof stood on when it was made: the node's remembered address
+/// (Docker's record) and whether this host had moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Basis {
+    remembered: Option<Ipv4Addr>,
+    mine_moved: bool,
+}
+
+/// Proofs that no longer hold: made before Docker recorded the node at
+/// another address than the proven one, or before this host moved. Seen in
+/// a benchmark run: a manager kept a peer proven at its old address from
+/// before the move (the proof is never made again while it stands), and
+/// once Docker recorded the peer's new address, that stale proof made a
+/// rule from the new address back to the dead old one, pushed to every
+/// node: the peer was cut off and quorum was lost.
+fn stale_proofs(
+    proven: &BTreeMap<String, Ipv4Addr>,
+    basis: &BTreeMap<String, Basis>,
+    memory: &Memory,
+    mine_moved: bool,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (node, addr) in proven {
+        let Some(b) = basis.get(node) else {
+            continue;
+        };
+        let remembered = plan::remembered_addr(memory, node);
+        if remembered != b.remembered && remembered != Some(*addr) {
+            let at = remembered.map_or("nowhere".to_string(), |a| a.to_string());
+            out.push((node.clone(), format!("Docker records it at {at} since")));
+        } else if mine_moved && !b.mine_moved {
+            out.push((node.clone(), "made before this host moved".to_string()));
+        }
+    }
+    out
 }
 
 /// A claimed address waiting for its proof.
@@ -156,6 +197,8 @@ impl Recoverer {
             heartbeat_leader: String::new(),
             not_ready: BTreeSet::new(),
             proven: BTreeMap::new(),
+            proof_basis: BTreeMap::new(),
+            mine_moved: false,
             agent_port,
             readdressing: None,
             readdress_done: Arc::new(tokio::sync::Notify::new()),
@@ -434,6 +477,13 @@ impl Recoverer {
                 Ok(_) if after.as_ref().is_none_or(|a| a.contains(&addr)) => {}
                 Ok(_) => {
                     claims.remove(&addr);
+                    self.proof_basis.insert(
+                        node.clone(),
+                        Basis {
+                            remembered: plan::remembered_addr(memory, &node),
+                            mine_moved: self.mine_moved,
+                        },
+                    );
                     if self.proven.insert(node.clone(), addr) != Some(addr) {
                         tracing::info!(
                             "proven: manager {} is at {addr}",
@@ -577,6 +627,16 @@ impl Recoverer {
         let local = local_addrs();
         let mine_moved =
             plan::remembered_addr(memory, &memory.node_id).is_some_and(|a| !local.contains(&a));
+        self.mine_moved = mine_moved;
+        for (node, why) in stale_proofs(&self.proven, &self.proof_basis, memory, mine_moved) {
+            if let Some(addr) = self.proven.remove(&node) {
+                self.proof_basis.remove(&node);
+                tracing::info!(
+                    "recovery: the proof of manager {} at {addr} is stale ({why}); to be proven again",
+                    crate::docker::short(&node),
+                );
+            }
+        }
         let healthy = matches!(health, Health::Healthy { .. });
         let peers_moved = self.peers_moved(memory);
         if self.file.recovery.phase != Phase::Idle {
@@ -941,4 +1001,73 @@ async fn tell(
     agent_client::send(endpoint, key, node, &issuer, body, AGENT_TIMEOUT)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::NodeMemory;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("ip")
+    }
+
+    /// m1 (this manager) and m3, managers at 10.0.1.1 and 10.0.1.3.
+    fn memory(m3_at: &str) -> Memory {
+        let mut m = Memory {
+            node_id: "m1".into(),
+            cluster_id: "c".into(),
+            ..Memory::default()
+        };
+        for (id, a) in [("m1", "10.0.1.1"), ("m3", m3_at)] {
+            m.nodes.insert(
+                id.into(),
+                NodeMemory {
+                    hostname: id.into(),
+                    role: Role::Manager,
+                    availability: "active".into(),
+                    addr: a.into(),
+                    manager_addr: Some(format!("{a}:2377")),
+                    arch: "x86_64".into(),
+                    agent: None,
+                },
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn a_proof_older_than_docker_s_record_or_this_host_s_move_is_stale() {
+        let before = Basis {
+            remembered: Some(ip("10.0.1.3")),
+            mine_moved: false,
+        };
+        let basis = BTreeMap::from([("m3".to_string(), before)]);
+        let at_old = BTreeMap::from([("m3".to_string(), ip("10.0.1.3"))]);
+        let at_new = BTreeMap::from([("m3".to_string(), ip("10.0.2.3"))]);
+        // Nothing changed: the proof stands, wherever it is.
+        assert!(stale_proofs(&at_old, &basis, &memory("10.0.1.3"), false).is_empty());
+        assert!(stale_proofs(&at_new, &basis, &memory("10.0.1.3"), false).is_empty());
+        // Docker re-addressed m3 to where it was proven: it stands.
+        assert!(stale_proofs(&at_new, &basis, &memory("10.0.2.3"), false).is_empty());
+        // Docker records m3 at its new address, the proof is of the old one
+        // (the case that cut m3 off): stale.
+        let stale = stale_proofs(&at_old, &basis, &memory("10.0.2.3"), false);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].0, "m3");
+        assert!(stale[0].1.contains("10.0.2.3"), "{stale:?}");
+        // This host moved since the proof: stale; a proof made after: not.
+        assert_eq!(
+            stale_proofs(&at_old, &basis, &memory("10.0.1.3"), true).len(),
+            1
+        );
+        let after = BTreeMap::from([(
+            "m3".to_string(),
+            Basis {
+                mine_moved: true,
+                ..before
+            },
+        )]);
+        assert!(stale_proofs(&at_new, &after, &memory("10.0.1.3"), true).is_empty());
+    }
 }

@@ -28,12 +28,49 @@ use std::time::{Duration, Instant};
 use swarm_glue_lab::glue::{self, Install};
 use swarm_glue_lab::recovery;
 use swarm_glue_lab::rng::Rng;
-use swarm_glue_lab::{bench, par_map, wait_for, Addressing, Lab, LabSpec};
+use swarm_glue_lab::{bench, par_map, wait_for, Addressing, Ipv4Net, Lab, LabSpec};
 
 use recovery::{say, Run, WATCH};
 
 fn journal(lab: &Lab, node: &str) -> String {
     glue::manager_journal(lab, node)
+}
+
+/// Stops `down` and moves every other node of `all` to a free subnet:
+/// returns the subnet and when the move began.
+fn move_without(lab: &Lab, all: &[String], down: &str, case: &str) -> (Ipv4Net, Instant) {
+    lab.stop(down)
+        .unwrap_or_else(|e| panic!("{case}: stop {down}: {e}"));
+    let others: Vec<String> = all.iter().filter(|n| *n != down).cloned().collect();
+    let target = lab.free_subnet().expect("a free subnet");
+    let report = lab
+        .move_nodes(
+            &others,
+            target,
+            Addressing::Shuffled {
+                seed: Rng::fresh_seed(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{case}: move: {e}"));
+    println!("{case}: {down} stopped; {report}");
+    (target, Instant::now() - report.took)
+}
+
+/// Starts `node` and moves it to `target` too: returns when it was moved.
+fn back_moved(lab: &Lab, node: &str, target: Ipv4Net, case: &str) -> Instant {
+    lab.start(node)
+        .unwrap_or_else(|e| panic!("{case}: start {node}: {e}"));
+    let report = lab
+        .move_nodes(
+            &[node.to_string()],
+            target,
+            Addressing::Shuffled {
+                seed: Rng::fresh_seed(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{case}: move {node}: {e}"));
+    println!("{case}: {node} back, {report}");
+    Instant::now() - report.took
 }
 
 #[test]
@@ -144,21 +181,8 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
 
     // 4. m3 is down while the others move; it comes back later.
     let before = recovery::fingerprint(&lab).expect("fingerprint");
-    lab.stop("m3").expect("stop m3");
-    let others: Vec<String> = all.iter().filter(|n| *n != "m3").cloned().collect();
-    let target = lab.free_subnet().expect("a free subnet");
-    let report = lab
-        .move_nodes(
-            &others,
-            target,
-            Addressing::Shuffled {
-                seed: Rng::fresh_seed(),
-            },
-        )
-        .expect("move");
-    let moved_at = Instant::now() - report.took;
-    let moved_system = std::time::SystemTime::now() - report.took;
-    println!("one_down: m3 stopped; {report}");
+    let (target, moved_at) = move_without(&lab, &all, "m3", "one_down");
+    let moved_system = std::time::SystemTime::now() - moved_at.elapsed();
     let up: Vec<String> = vec!["m1".into(), "m2".into()];
     let quorum = wait_for(
         "quorum with m3 down",
@@ -168,17 +192,7 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     )
     .expect("the two managers up regain quorum");
     bench("recovery.one_down.quorum_s", quorum.as_secs_f64(), "s");
-    lab.start("m3").expect("start m3");
-    let rest = lab
-        .move_nodes(
-            &["m3".to_string()],
-            target,
-            Addressing::Shuffled {
-                seed: Rng::fresh_seed(),
-            },
-        )
-        .expect("move m3");
-    println!("one_down: m3 back, {rest}");
+    back_moved(&lab, "m3", target, "one_down");
     let o = recovery::watch(&lab, &run.managers, &run.nodes, moved_at, WATCH, &|l| {
         say(format!("+{:.1}s {l}", moved_at.elapsed().as_secs_f64()))
     })
@@ -193,20 +207,7 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     // 5. w2 is down while the others move; clean-up waits for it, and it
     //    comes back moved.
     let before = recovery::fingerprint(&lab).expect("fingerprint");
-    lab.stop("w2").expect("stop w2");
-    let others: Vec<String> = all.iter().filter(|n| *n != "w2").cloned().collect();
-    let target = lab.free_subnet().expect("a free subnet");
-    let report = lab
-        .move_nodes(
-            &others,
-            target,
-            Addressing::Shuffled {
-                seed: Rng::fresh_seed(),
-            },
-        )
-        .expect("move");
-    let moved_at = Instant::now() - report.took;
-    println!("worker_late: w2 stopped; {report}");
+    let (target, moved_at) = move_without(&lab, &all, "w2", "worker_late");
     let waiting = wait_for(
         "clean-up to wait for w2",
         Duration::from_secs(300),
@@ -231,18 +232,7 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
         moved_at.elapsed().as_secs_f64()
     ));
     let started = recovery::unix_ms(std::time::SystemTime::now()) / 1000;
-    lab.start("w2").expect("start w2");
-    let rest = lab
-        .move_nodes(
-            &["w2".to_string()],
-            target,
-            Addressing::Shuffled {
-                seed: Rng::fresh_seed(),
-            },
-        )
-        .expect("move w2");
-    let back_at = Instant::now() - rest.took;
-    println!("worker_late: w2 back, {rest}");
+    let back_at = back_moved(&lab, "w2", target, "worker_late");
     let o = recovery::watch(&lab, &run.managers, &run.nodes, moved_at, WATCH, &|l| {
         say(format!("+{:.1}s {l}", moved_at.elapsed().as_secs_f64()))
     })
