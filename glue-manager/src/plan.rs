@@ -55,6 +55,10 @@ pub struct Observation {
     /// Managers demoted to be re-addressed and not yet promoted again (the
     /// marks kept in the swarm): node ID → (old, new address).
     pub pending: BTreeMap<String, (Ipv4Addr, Ipv4Addr)>,
+    /// The marks could not be read (Docker erred or was slow, e.g. during a
+    /// leader change): a manager may be half-way, so re-addressing is not
+    /// taken as finished.
+    pub marks_unknown: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,7 +247,8 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     let newest_seen = obs.agents.values().map(|a| a.generation).max().unwrap_or(0);
     let mut coordinator = false;
     let recorded_current = |recorded: &BTreeMap<String, Ipv4Addr>| {
-        obs.pending.is_empty()
+        !obs.marks_unknown
+            && obs.pending.is_empty()
             && memory
                 .nodes
                 .iter()
@@ -363,11 +368,12 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                 // down, so the swarm keeps its quorum).
                 // A manager demoted for re-addressing cannot prove itself
                 // (a worker serves no raft port): its mark says where it is.
-                let all_up = memory
-                    .nodes
-                    .iter()
-                    .filter(|(_, n)| n.role == Role::Manager)
-                    .all(|(id, _)| current.contains_key(id) || obs.pending.contains_key(id));
+                let all_up = !obs.marks_unknown
+                    && memory
+                        .nodes
+                        .iter()
+                        .filter(|(_, n)| n.role == Role::Manager)
+                        .all(|(id, _)| current.contains_key(id) || obs.pending.contains_key(id));
                 for (id, from, to) in batch.iter().filter(|_| all_up) {
                     if self::coordinator(obs, memory, id) == memory.node_id {
                         coordinator = true;
@@ -537,6 +543,7 @@ mod tests {
                 .collect(),
             not_ready: BTreeSet::new(),
             pending: BTreeMap::new(),
+            marks_unknown: false,
         }
     }
 
@@ -970,6 +977,49 @@ mod tests {
             .actions
             .iter()
             .any(|a| matches!(a, Action::Timeline(t) if t.starts_with("converged"))));
+    }
+
+    #[test]
+    fn re_addressing_is_not_over_nor_started_while_the_marks_cannot_be_read() {
+        let mut mem = memory("m1");
+        mem.nodes.get_mut("m3").expect("m3").manager_addr = Some("10.0.1.3:2377".into());
+        let rec = Recovery {
+            phase: Phase::Readdress,
+            generation: 7,
+            map: BTreeMap::from([(ip("10.0.1.3"), ip("10.0.2.3"))]),
+            started_ms: Some(990_000),
+            quorum_ms: Some(995_000),
+            ..Recovery::default()
+        };
+        let proven = [("m2", "10.0.1.2"), ("m3", "10.0.2.3")];
+        // Docker records every manager where it is: over, once the marks
+        // say no manager is half-way.
+        let done = healthy(
+            "m1",
+            &[("m1", "10.0.1.1"), ("m2", "10.0.1.2"), ("m3", "10.0.2.3")],
+        );
+        let mut o = obs("10.0.1.1", &proven, &[], done);
+        o.marks_unknown = true;
+        assert_eq!(plan(&o, &mem, &rec, PORT).next.phase, Phase::Readdress);
+        o.marks_unknown = false;
+        assert_eq!(plan(&o, &mem, &rec, PORT).next.phase, Phase::CleanUp);
+        // m3 still recorded at its old address: re-addressed only once the
+        // marks are read (one may be half-way).
+        let todo = healthy(
+            "m1",
+            &[("m1", "10.0.1.1"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+        );
+        let mut o = obs("10.0.1.1", &proven, &[], todo);
+        o.marks_unknown = true;
+        let readdress = |p: &Plan| {
+            p.actions
+                .iter()
+                .filter(|a| matches!(a, Action::Readdress { .. }))
+                .count()
+        };
+        assert_eq!(readdress(&plan(&o, &mem, &rec, PORT)), 0);
+        o.marks_unknown = false;
+        assert_eq!(readdress(&plan(&o, &mem, &rec, PORT)), 1);
     }
 
     #[test]

@@ -673,8 +673,9 @@ impl Recoverer {
         }
         let pending = match (&ctx, &health) {
             (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await,
-            _ => BTreeMap::new(),
+            _ => Some(BTreeMap::new()),
         };
+        let marks_unknown = pending.is_none();
         let mut obs = Observation {
             now_ms: now_ms(),
             health,
@@ -682,7 +683,8 @@ impl Recoverer {
             proven: self.proven.clone(),
             agents: BTreeMap::new(),
             not_ready: self.not_ready.clone(),
-            pending,
+            pending: pending.unwrap_or_default(),
+            marks_unknown,
         };
         obs.agents = self.agents(memory, &obs, signing, seq).await;
         let p = plan::plan(&obs, memory, &self.file.recovery, self.agent_port);
@@ -964,14 +966,17 @@ async fn bounded<T>(
 
 /// The managers marked as being re-addressed; none if the marks cannot be
 /// read (the round after will see them).
-async fn marks(docker: &DockerApi) -> BTreeMap<String, (Ipv4Addr, Ipv4Addr)> {
+async fn marks(docker: &DockerApi) -> Option<BTreeMap<String, (Ipv4Addr, Ipv4Addr)>> {
     match tokio::time::timeout(Duration::from_secs(5), docker.readdress_marks()).await {
-        Ok(Ok(m)) => m,
+        Ok(Ok(m)) => Some(m),
         Ok(Err(e)) => {
             tracing::warn!("recovery: {e}");
-            BTreeMap::new()
+            None
         }
-        Err(_) => BTreeMap::new(),
+        Err(_) => {
+            tracing::warn!("recovery: the re-address marks were not read within 5 s");
+            None
+        }
     }
 }
 

@@ -144,7 +144,10 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     // 3. glue-manager is killed on the manager that re-addresses another.
     let before = recovery::fingerprint(&lab).expect("fingerprint");
     let mut killed = String::new();
-    let o = run.move_only("killed_while_readdressing", &all, |_| {
+    let o = run.move_only("killed_while_readdressing", &all, |moved_at| {
+        // Only this recovery's lines: a manager's report may still show the
+        // last one's for a moment.
+        let since = recovery::unix_ms(std::time::SystemTime::now() - moved_at.elapsed());
         let coordinator = wait_for(
             "a manager to start re-addressing another",
             Duration::from_secs(180),
@@ -153,7 +156,7 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
                 let t = recovery::timelines(&lab, &run.managers);
                 Ok(t.iter()
                     .rev()
-                    .find(|(_, _, l)| l.contains(": demoted, to rejoin raft"))
+                    .find(|(at, _, l)| *at >= since && l.contains(": demoted, to rejoin raft"))
                     .map(|(_, m, _)| m.clone()))
             },
         )
