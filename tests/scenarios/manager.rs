@@ -421,9 +421,12 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
     );
     lab.exec("m3", &["systemctl", "start", "docker"])
         .expect("docker back");
+    let last = std::cell::RefCell::new(String::new());
+    // Not a speed target: m3's dockerd rejoins raft first, which took most
+    // of a minute on a busy 2-core CI machine once.
     wait_for(
         "m3's manager to be ready",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         Duration::from_secs(1),
         || {
             let st = lab.exec(
@@ -438,10 +441,20 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
                     "glue-manager",
                 ],
             )?;
-            Ok((st.contains("ActiveState=active") && st.contains("swarm healthy")).then_some(()))
+            let ready = st.contains("ActiveState=active") && st.contains("swarm healthy");
+            *last.borrow_mut() = st;
+            Ok(ready.then_some(()))
         },
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| {
+        let journal = glue::manager_journal(&lab, "m3");
+        let lines: Vec<&str> = journal.lines().collect();
+        panic!(
+            "{e}; last seen: {}; the end of its journal:\n{}",
+            last.borrow(),
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
+    });
 
     // A dockerd restart ends the event stream: the manager reconnects.
     lab.restart_docker("m2").expect("dockerd restarted on m2");
