@@ -568,6 +568,18 @@ mod tests {
             .collect()
     }
 
+    /// A recovery re-addressing with `map`, quorum back 5 s after the start.
+    fn readdressing(generation: u64, map: &[(&str, &str)]) -> Recovery {
+        Recovery {
+            phase: Phase::Readdress,
+            generation,
+            map: map.iter().map(|(a, b)| (ip(a), ip(b))).collect(),
+            started_ms: Some(990_000),
+            quorum_ms: Some(995_000),
+            ..Recovery::default()
+        }
+    }
+
     fn healthy(leader: &str, recorded: &[(&str, &str)]) -> Health {
         Health::Healthy {
             leader: leader.into(),
@@ -861,18 +873,7 @@ mod tests {
     fn a_manager_demoted_for_re_addressing_is_finished_first_and_blocks_clean_up() {
         // m3 was demoted by a coordinator that died; Docker no longer lists
         // it as a manager, so only the mark in the swarm says it is pending.
-        let rec = Recovery {
-            phase: Phase::Readdress,
-            generation: 5,
-            map: BTreeMap::from([
-                (ip("10.0.1.1"), ip("10.0.2.9")),
-                (ip("10.0.1.3"), ip("10.0.2.8")),
-            ]),
-            started_ms: Some(990_000),
-            quorum_ms: Some(995_000),
-            converged_ms: None,
-            last_map: BTreeMap::new(),
-        };
+        let rec = readdressing(5, &[("10.0.1.1", "10.0.2.9"), ("10.0.1.3", "10.0.2.8")]);
         let mut o = obs(
             "10.0.1.2",
             &[("m1", "10.0.2.9"), ("m3", "10.0.2.8")],
@@ -904,15 +905,7 @@ mod tests {
 
     #[test]
     fn once_every_address_is_recorded_the_agents_are_emptied_and_the_recovery_ends() {
-        let rec = Recovery {
-            phase: Phase::Readdress,
-            generation: 5,
-            map: BTreeMap::from([(ip("10.0.1.1"), ip("10.0.2.9"))]),
-            started_ms: Some(990_000),
-            quorum_ms: Some(995_000),
-            converged_ms: None,
-            last_map: BTreeMap::new(),
-        };
+        let rec = readdressing(5, &[("10.0.1.1", "10.0.2.9")]);
         let h = healthy(
             "m2",
             &[("m1", "10.0.2.9"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
@@ -983,14 +976,7 @@ mod tests {
     fn re_addressing_is_not_over_nor_started_while_the_marks_cannot_be_read() {
         let mut mem = memory("m1");
         mem.nodes.get_mut("m3").expect("m3").manager_addr = Some("10.0.1.3:2377".into());
-        let rec = Recovery {
-            phase: Phase::Readdress,
-            generation: 7,
-            map: BTreeMap::from([(ip("10.0.1.3"), ip("10.0.2.3"))]),
-            started_ms: Some(990_000),
-            quorum_ms: Some(995_000),
-            ..Recovery::default()
-        };
+        let rec = readdressing(7, &[("10.0.1.3", "10.0.2.3")]);
         let proven = [("m2", "10.0.1.2"), ("m3", "10.0.2.3")];
         // Docker records every manager where it is: over, once the marks
         // say no manager is half-way.
@@ -1041,12 +1027,8 @@ mod tests {
             (ip("10.0.1.4"), ip("10.0.2.4")),
         ]);
         let readdress = Recovery {
-            phase: Phase::Readdress,
-            generation: 7,
             map: map.clone(),
-            started_ms: Some(990_000),
-            quorum_ms: Some(995_000),
-            ..Recovery::default()
+            ..readdressing(7, &[])
         };
         let h = healthy(
             "m2",
@@ -1151,13 +1133,7 @@ mod tests {
             ("m4", "10.0.1.6"),
             ("m5", "10.0.1.7"),
         ];
-        let rec = Recovery {
-            phase: Phase::Readdress,
-            generation: 5,
-            started_ms: Some(990_000),
-            quorum_ms: Some(995_000),
-            ..Recovery::default()
-        };
+        let rec = readdressing(5, &[]);
         // Seen by `me`, with `recorded` what Docker records; the leader is m3.
         let look = |me: &str, recorded: &[(&str, &str)], pending: &[(&str, &str, &str)]| {
             let here = new.iter().find(|(id, _)| *id == me).expect("me").1;

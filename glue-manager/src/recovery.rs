@@ -73,10 +73,9 @@ pub struct Recoverer {
     /// every round; it is logged once per sender and address).
     warned: std::collections::BTreeSet<(IpAddr, String)>,
     proven: BTreeMap<String, Ipv4Addr>,
-    /// What each proof stood on when it was made.
+    /// What each proven address stood on when it was proven (kept and
+    /// dropped with it).
     proof_basis: BTreeMap<String, Basis>,
-    /// This host's remembered address is gone (as of this round).
-    mine_moved: bool,
     agent_port: u16,
     /// The re-addressing under way (this manager coordinates it): the node's
     /// name and the task.
@@ -130,7 +129,10 @@ fn stale_proofs(
         let remembered = plan::remembered_addr(memory, node);
         if remembered != b.remembered && remembered != Some(*addr) {
             let at = remembered.map_or("nowhere".to_string(), |a| a.to_string());
-            out.push((node.clone(), format!("Docker records it at {at} since")));
+            out.push((
+                node.clone(),
+                format!("Docker has recorded it at {at} since"),
+            ));
         } else if mine_moved && !b.mine_moved {
             out.push((node.clone(), "made before this host moved".to_string()));
         }
@@ -198,7 +200,6 @@ impl Recoverer {
             not_ready: BTreeSet::new(),
             proven: BTreeMap::new(),
             proof_basis: BTreeMap::new(),
-            mine_moved: false,
             agent_port,
             readdressing: None,
             readdress_done: Arc::new(tokio::sync::Notify::new()),
@@ -431,11 +432,13 @@ impl Recoverer {
     /// to wherever the rewrite points.
     /// A proof counts only if the address was not rewritten here before nor
     /// after the handshake (a rule may arrive from another manager
-    /// meanwhile).
+    /// meanwhile). Each proof records whether this host had moved
+    /// (`mine_moved`) and where Docker had the node, see [`stale_proofs`].
     async fn prove(
         &mut self,
         memory: &Memory,
         rewritten: &[Ipv4Addr],
+        mine_moved: bool,
         signing: &SigningKey,
         seq: &Sequence,
     ) {
@@ -481,7 +484,7 @@ impl Recoverer {
                         node.clone(),
                         Basis {
                             remembered: plan::remembered_addr(memory, &node),
-                            mine_moved: self.mine_moved,
+                            mine_moved,
                         },
                     );
                     if self.proven.insert(node.clone(), addr) != Some(addr) {
@@ -627,7 +630,6 @@ impl Recoverer {
         let local = local_addrs();
         let mine_moved =
             plan::remembered_addr(memory, &memory.node_id).is_some_and(|a| !local.contains(&a));
-        self.mine_moved = mine_moved;
         for (node, why) in stale_proofs(&self.proven, &self.proof_basis, memory, mine_moved) {
             if let Some(addr) = self.proven.remove(&node) {
                 self.proof_basis.remove(&node);
@@ -661,7 +663,10 @@ impl Recoverer {
                     tracing::info!("recovery: this host's agent answers again");
                 }
                 self.proven.retain(|_, a| !rewritten.contains(a));
-                self.prove(memory, &rewritten, signing, seq).await;
+                let proven = &self.proven;
+                self.proof_basis.retain(|n, _| proven.contains_key(n));
+                self.prove(memory, &rewritten, mine_moved, signing, seq)
+                    .await;
             }
             Err(e) => {
                 if !std::mem::replace(&mut self.agent_silent, true) {
@@ -964,8 +969,8 @@ async fn bounded<T>(
     }
 }
 
-/// The managers marked as being re-addressed; none if the marks cannot be
-/// read (the round after will see them).
+/// The managers marked as being re-addressed; `None` if the marks cannot be
+/// read (the round after tries again; meanwhile re-addressing waits).
 async fn marks(docker: &DockerApi) -> Option<BTreeMap<String, (Ipv4Addr, Ipv4Addr)>> {
     match tokio::time::timeout(Duration::from_secs(5), docker.readdress_marks()).await {
         Ok(Ok(m)) => Some(m),

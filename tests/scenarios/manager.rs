@@ -422,8 +422,9 @@ fn glue_manager_on_the_managers_gets_a_trusting_agent_onto_every_node_and_keeps_
     lab.exec("m3", &["systemctl", "start", "docker"])
         .expect("docker back");
     let last = std::cell::RefCell::new(String::new());
-    // Not a speed target: m3's dockerd rejoins raft first, which took most
-    // of a minute on a busy 2-core CI machine once.
+    // Not a speed target (m3's dockerd must rejoin raft first): 60 s ran
+    // out once in a CI rehearsal, for a reason not seen then; the failure
+    // message now shows the unit's state and the end of its journal.
     wait_for(
         "m3's manager to be ready",
         Duration::from_secs(120),
