@@ -210,6 +210,43 @@ async fn steps(
     let to_raft = format!("{}:2377", t.to);
     let recorded_new = node.manager_addr.as_deref() == Some(to_raft.as_str());
     if node.role == Role::Manager && !recorded_new {
+        // The leader removes a demoted member from raft only while the
+        // members left are a quorum of *active* ones, retrying quietly;
+        // `Reachability` above may still say reachable for a manager whose
+        // raft link is down (seen: one whose own Docker saw no leader for
+        // 44 s after the move; the demotion begun meanwhile never ended).
+        // So every other manager's own Docker must answer with the leader.
+        let asked: Vec<(&String, &Ipv4Addr)> = env
+            .managers
+            .iter()
+            .filter(|(m, _)| **m != t.node && !others.contains(&m.as_str()))
+            .collect();
+        let seen = join_all(asked.iter().map(|(m, addr)| async move {
+            ssh(env, m, **addr, "docker node ls", LEADER_SEEN).await
+        }))
+        .await;
+        let blind: Vec<String> = asked
+            .iter()
+            .zip(seen)
+            .filter(|(_, r)| r.as_ref().map_or(true, |out| out.trim() != "leader"))
+            .map(|((m, _), r)| {
+                let host = snap
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == **m)
+                    .map_or(short(m).to_string(), |n| n.hostname.clone());
+                match r {
+                    Ok(out) => format!("{host} ({})", out.trim()),
+                    Err(e) => format!("{host} ({e})"),
+                }
+            })
+            .collect();
+        if !blind.is_empty() {
+            return Ok(Outcome::NotNow(format!(
+                "not every manager's Docker sees the leader yet: {}; demoting {name} waits",
+                blind.join(", ")
+            )));
+        }
         docker
             .mark_readdress(&t.node, t.from, t.to)
             .await
@@ -350,6 +387,11 @@ async fn steps(
 
 /// On the node: whether it runs a manager, the address it advertises, and
 /// whether its certificate is a worker's yet (count of `swarm-worker` in it).
+/// Prints `leader` when this manager's Docker answers a call that needs the
+/// leader (listing the nodes is served by the leader only).
+const LEADER_SEEN: &str =
+    "timeout 10 docker node ls -q >/dev/null 2>&1 && echo leader || echo 'no leader seen'";
+
 const INFO: &str = r#"set -e
 root=$(docker info --format '{{.DockerRootDir}}')
 state=$(docker info --format '{{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}')
