@@ -213,9 +213,10 @@ async fn steps(
         // The leader removes a demoted member from raft only while the
         // members left are a quorum of *active* ones, retrying quietly;
         // `Reachability` above may still say reachable for a manager whose
-        // raft link is down (seen: one whose own Docker saw no leader for
-        // 44 s after the move; the demotion begun meanwhile never ended).
-        // So every other manager's own Docker must answer with the leader.
+        // raft link is down. (A lead, not shown: in a failed lab run a
+        // manager's own Docker saw no leader until 44 s after the move, and
+        // a demotion begun at +5 s never ended.) So every other manager's
+        // own Docker must answer through the leader first.
         let asked: Vec<(&String, &Ipv4Addr)> = env
             .managers
             .iter()
@@ -274,13 +275,32 @@ async fn steps(
                 let mut f = out.split_whitespace();
                 let (control, _, worker) = (f.next(), f.next(), f.next());
                 if control != Some("false") || worker.unwrap_or("0") == "0" {
-                    return Ok(false);
+                    return Err(format!(
+                        "its Docker: {}, {}",
+                        if control == Some("false") { "no manager" } else { "a manager" },
+                        if worker.unwrap_or("0") == "0" { "a manager's certificate" } else { "a worker's certificate" }
+                    ));
                 }
                 let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
-                Ok(snap
-                    .nodes
-                    .iter()
-                    .any(|n| n.id == t.node && n.role == Role::Worker && n.manager_addr.is_none()))
+                match snap.nodes.iter().find(|n| n.id == t.node) {
+                    Some(n) if n.role == Role::Worker && n.manager_addr.is_none() => Ok(true),
+                    // The leader has not taken it out of raft yet.
+                    Some(n) => Err(format!(
+                        "its Docker is a worker's, but the swarm ({} leads) still has it as {} {}{}",
+                        snap.nodes
+                            .iter()
+                            .find(|l| l.leader)
+                            .map_or("nobody", |l| l.hostname.as_str()),
+                        if n.role == Role::Manager { "a manager at" } else { "a worker with raft address" },
+                        n.manager_addr.as_deref().unwrap_or("none"),
+                        if n.reachability.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {}", n.reachability)
+                        }
+                    )),
+                    None => Err("the swarm no longer lists it".into()),
+                }
             },
         )
         .await?;
@@ -385,13 +405,14 @@ async fn steps(
     Ok(Outcome::Done)
 }
 
-/// On the node: whether it runs a manager, the address it advertises, and
-/// whether its certificate is a worker's yet (count of `swarm-worker` in it).
 /// Prints `leader` when this manager's Docker answers a call that needs the
-/// leader (listing the nodes is served by the leader only).
+/// leader (a manager forwards the node list to the leader): it hears the
+/// leader, and the leader reaches it.
 const LEADER_SEEN: &str =
     "timeout 10 docker node ls -q >/dev/null 2>&1 && echo leader || echo 'no leader seen'";
 
+/// On the node: whether it runs a manager, the address it advertises, and
+/// whether its certificate is a worker's yet (count of `swarm-worker` in it).
 const INFO: &str = r#"set -e
 root=$(docker info --format '{{.DockerRootDir}}')
 state=$(docker info --format '{{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}')
@@ -437,7 +458,7 @@ where
         if last.is_empty() {
             String::new()
         } else {
-            format!(" (last error: {last})")
+            format!(" (last seen: {last})")
         }
     ))
 }

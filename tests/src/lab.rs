@@ -401,6 +401,18 @@ impl Lab {
                     .map(|_| ()))
             },
         )?;
+        if std::env::var_os(DOCKERD_DEBUG).is_some_and(|v| v == "1") {
+            // Read again on SIGHUP (the unit's reload); kept across restarts.
+            self.docker.exec(
+                c,
+                &[
+                    "sh",
+                    "-c",
+                    "printf '{\"log-driver\": \"json-file\", \"log-opts\": {\"max-size\": \"5m\"}, \"debug\": true}\\n' \
+                     > /etc/docker/daemon.json && systemctl reload docker",
+                ],
+            )?;
+        }
         self.docker.exec_with_input(
             c,
             &["docker", "import", "-", image::WORKLOAD_IMAGE],
@@ -994,6 +1006,10 @@ fn node_index(name: &str) -> u32 {
 /// kind of machine (`--privileged` fails here: the kernel's bounding set lacks
 /// CAP_SYS_RESOURCE). The node's dockerd keeps its data on an anonymous volume,
 /// so it can use overlay2 instead of vfs.
+/// Set to `1`, every node's dockerd logs at debug level (what swarmkit logs
+/// when it refuses to remove a demoted manager from raft, for one).
+pub const DOCKERD_DEBUG: &str = "SG_LAB_DOCKERD_DEBUG";
+
 fn node_run_flags() -> &'static [&'static str] {
     &[
         "--cap-add",

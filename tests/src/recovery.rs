@@ -210,6 +210,55 @@ pub fn nodes_down(lab: &Lab, managers: &[String]) -> Vec<String> {
     out
 }
 
+/// Keeps the last 20 minutes of every node's journal (glue-manager, its
+/// agent and dockerd) under `/tmp/swarm-glue-lab-logs/<lab>/<step>/`, for a
+/// failed run whose lab is torn down next; returns that directory (or why
+/// it could not be written).
+pub fn save_logs(lab: &Lab, step: &str) -> String {
+    let dir = std::path::Path::new("/tmp/swarm-glue-lab-logs")
+        .join(lab.name())
+        .join(step);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return format!("{} not written: {e}", dir.display());
+    }
+    for n in lab.nodes() {
+        let text = lab
+            .sh(
+                &n.name,
+                "journalctl --since -20min --no-pager -o short-precise \
+                 -u glue-manager -t glue-manager -u glue-node-agent -u docker",
+            )
+            .unwrap_or_else(|e| format!("cannot read: {e}"));
+        if let Err(e) = std::fs::write(dir.join(format!("{}.log", n.name)), text) {
+            return format!("{} not written: {e}", dir.display());
+        }
+    }
+    dir.display().to_string()
+}
+
+/// Each manager's view of raft (its managers, their addresses and
+/// reachability) and what its dockerd logged in the last 15 minutes about
+/// demotions and raft membership (the refusals are logged at debug level:
+/// `SG_LAB_DOCKERD_DEBUG=1` turns it on): for a run that did not converge.
+pub fn raft_views(lab: &Lab, managers: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in managers {
+        let lines = lab
+            .sh(
+                m,
+                "docker node ls --format '{{.Hostname}} {{.ManagerStatus}}' 2>&1; \
+                 docker node ls -q 2>/dev/null | xargs -r docker node inspect --format \
+                 '{{.Description.Hostname}} role={{.Spec.Role}} {{if .ManagerStatus}}{{.ManagerStatus.Addr}} {{.ManagerStatus.Reachability}}{{end}}' 2>&1; \
+                 journalctl -u docker --since -15min --no-pager -o short-precise \
+                 | grep -iE 'demot|remov|transferring leadership|raft member|lost leadership|became leader' \
+                 | tail -n 40 || true",
+            )
+            .unwrap_or_else(|e| format!("cannot read: {e}"));
+        out.extend(lines.lines().map(|l| format!("{m}: {l}")));
+    }
+    out
+}
+
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -506,19 +555,22 @@ impl<'a> Run<'a> {
     ) {
         assert!(
             o.converged.is_some(),
-            "{name}: not converged within {}s: {:#?}\ntimeline: {:#?}",
+            "{name}: not converged within {}s: {:#?}\ntimeline: {:#?}\nraft as each manager sees it: {:#?}\njournals: {}",
             WATCH.as_secs(),
             o.pending,
-            timelines(self.lab, &self.managers)
+            timelines(self.lab, &self.managers),
+            raft_views(self.lab, &self.managers),
+            save_logs(self.lab, name)
         );
         let after = whole_again(self.lab, Duration::from_secs(90))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let losses = losses(before, &after, restartable);
         assert!(
             losses.is_empty(),
-            "{name}: the swarm changed: {losses:#?}\ntimeline: {:#?}\nDocker on the managers: {:#?}",
+            "{name}: the swarm changed: {losses:#?}\ntimeline: {:#?}\nDocker on the managers: {:#?}\njournals: {}",
             timelines(self.lab, &self.managers),
-            nodes_down(self.lab, &self.managers)
+            nodes_down(self.lab, &self.managers),
+            save_logs(self.lab, name)
         );
         assert_eq!(ids(before), ids(&after), "{name}: node IDs");
     }

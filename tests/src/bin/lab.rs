@@ -195,7 +195,12 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
             }
         }
         let (Some(q), Some(c)) = (o.quorum, o.converged) else {
-            bail!("run {run} did not converge: {:?}", o.pending);
+            bail!(
+                "run {run} did not converge: {:?}\nraft as each manager sees it: {:#?}\njournals: {}",
+                o.pending,
+                recovery::raft_views(lab, &managers),
+                recovery::save_logs(lab, &format!("run{run}"))
+            );
         };
         // Not timed: every task back, then nothing may have changed.
         let after = recovery::whole_again(lab, Duration::from_secs(120))?;
@@ -203,8 +208,9 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
         losses.extend(recovery::stopped_twice(lab, &o)?);
         if !losses.is_empty() || recovery::ids(&before) != recovery::ids(&after) {
             bail!(
-                "run {run}: the swarm changed: {losses:#?}\nDocker on the managers: {:#?}",
-                recovery::nodes_down(lab, &managers)
+                "run {run}: the swarm changed: {losses:#?}\nDocker on the managers: {:#?}\njournals: {}",
+                recovery::nodes_down(lab, &managers),
+                recovery::save_logs(lab, &format!("run{run}"))
             );
         }
         // Not timed either: the rest of what the acceptance asks of a run.
