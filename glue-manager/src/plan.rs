@@ -97,6 +97,9 @@ pub enum Action {
         endpoint: SocketAddr,
         generation: u64,
         rewrites: Vec<Rewrite>,
+        /// The generation this agent reported this round: the set is
+        /// refused if another came in force meanwhile.
+        replaces: u64,
     },
     /// Make Docker record `node`'s new raft address.
     Readdress {
@@ -121,6 +124,10 @@ pub struct Plan {
     /// Nodes clean-up waits for because Docker sees them down: they keep the
     /// last rules until their dockerd reconnects.
     pub late: Vec<String>,
+    /// Nodes whose address is known but whose agent did not say what it
+    /// holds this round: told nothing (a set chosen without seeing theirs
+    /// could replace a fuller one from another manager).
+    pub unread: Vec<String>,
 }
 
 /// A node's remembered address: its raft address for a manager, its swarm
@@ -292,6 +299,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             coordinator,
             no_address: Vec::new(),
             late: Vec::new(),
+            unread: Vec::new(),
         };
     }
     // The map grows as peers are proven, and changes if they move again.
@@ -396,6 +404,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             coordinator,
             no_address: Vec::new(),
             late: Vec::new(),
+            unread: Vec::new(),
         };
     }
     // Every agent must have its set of the current generation.
@@ -407,6 +416,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     let mut all_clean = true;
     let mut no_address = Vec::new();
     let mut late = Vec::new();
+    let mut unread = Vec::new();
     let late_map = late_map(&next, &current);
     for id in memory.nodes.keys() {
         let own = current.get(id).copied();
@@ -445,12 +455,23 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             no_address.push(id.clone());
             continue;
         };
+        // Only over what was read, and only if it is still what was read.
+        // Seen in lab runs: a manager that had not proven its peers yet
+        // (once because its own agent had not answered) pushed a set
+        // without their rules, under a newer generation, over the fuller
+        // set on the agents; in one run it stood for 17 s, raft lost its
+        // links and the new leader declared every node down.
+        let Some(seen) = seen else {
+            unread.push(id.clone());
+            continue;
+        };
         actions.push(Action::SetRewrites {
             node: id.clone(),
             endpoint: SocketAddr::from((addr, agent_port)),
             // An agent takes only a newer generation than it has.
-            generation: next.generation.max(seen.map_or(0, |a| a.generation + 1)),
+            generation: next.generation.max(seen.generation + 1),
             rewrites: want,
+            replaces: seen.generation,
         });
     }
     if next.phase == Phase::CleanUp && all_clean {
@@ -468,6 +489,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         coordinator,
         no_address,
         late,
+        unread,
     }
 }
 
@@ -511,7 +533,27 @@ mod tests {
         m
     }
 
+    /// Every proven manager's agent answers (with nothing in force,
+    /// unless `agents` says otherwise).
     fn obs(
+        local: &str,
+        proven: &[(&str, &str)],
+        agents: &[Seen<'_>],
+        health: Health,
+    ) -> Observation {
+        let mut o = obs_heard(local, proven, agents, health);
+        for (n, a) in proven {
+            o.agents.entry(n.to_string()).or_insert(AgentSeen {
+                addr: ip(a),
+                generation: 0,
+                rewrites: Vec::new(),
+            });
+        }
+        o
+    }
+
+    /// Only the agents in `agents` answered.
+    fn obs_heard(
         local: &str,
         proven: &[(&str, &str)],
         agents: &[Seen<'_>],
@@ -611,7 +653,7 @@ mod tests {
         let o = obs(
             "10.0.2.9",
             &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
-            &[("w1", "10.0.2.5", 0, &[])],
+            &[("m1", "10.0.2.9", 0, &[]), ("w1", "10.0.2.5", 0, &[])],
             Health::NoLeader,
         );
         let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
@@ -691,7 +733,7 @@ mod tests {
         let o = obs(
             "10.0.1.2",
             &[("m2", "10.0.1.1"), ("m3", "10.0.1.3")],
-            &[],
+            &[("m1", "10.0.1.2", 0, &[])],
             Health::NoLeader,
         );
         let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
@@ -806,6 +848,40 @@ mod tests {
     }
 
     #[test]
+    fn a_set_goes_only_to_an_agent_read_this_round_and_names_what_was_read() {
+        // m1's own agent and m3's did not answer: m1 has not seen what they
+        // hold (another manager's fuller set, maybe), so it tells them
+        // nothing; m2's answered with generation 40.
+        let o = obs_heard(
+            "10.0.2.9",
+            &[("m2", "10.0.2.7"), ("m3", "10.0.2.8")],
+            &[("m2", "10.0.2.7", 40, &[])],
+            Health::NoLeader,
+        );
+        let p = plan(&o, &memory("m1"), &Recovery::default(), PORT);
+        assert_eq!(p.next.phase, Phase::Rewrite);
+        let told: Vec<(&str, u64, u64)> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetRewrites {
+                    node,
+                    generation,
+                    replaces,
+                    ..
+                } => Some((node.as_str(), *generation, *replaces)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(told[0].0, "m2");
+        assert!(told[0].1 > 40);
+        assert_eq!(told[0].2, 40, "the set names the generation it replaces");
+        assert_eq!(p.unread, ["m1", "m3"]);
+        assert_eq!(p.no_address, ["w1", "w2"]);
+    }
+
+    #[test]
     fn quorum_back_readdresses_one_manager_at_a_time_the_leader_last() {
         let o = obs(
             "10.0.2.9",
@@ -910,10 +986,15 @@ mod tests {
             "m2",
             &[("m1", "10.0.2.9"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
         );
+        let rule: &[(&str, &str)] = &[("10.0.1.1", "10.0.2.9")];
         let o = obs(
             "10.0.2.9",
             &[("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
-            &[],
+            &[
+                ("m1", "10.0.2.9", 5, rule),
+                ("m2", "10.0.1.2", 5, rule),
+                ("m3", "10.0.1.3", 5, rule),
+            ],
             h.clone(),
         );
         let p = plan(&o, &memory("m1"), &rec, PORT);

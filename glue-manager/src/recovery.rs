@@ -710,8 +710,9 @@ impl Recoverer {
                     endpoint,
                     generation,
                     rewrites,
+                    replaces,
                 } => {
-                    pushes.push((node, endpoint, generation, rewrites));
+                    pushes.push((node, endpoint, generation, rewrites, replaces));
                 }
                 Action::Readdress { node, from, to } => {
                     batch.push(readdress::Target {
@@ -760,13 +761,16 @@ impl Recoverer {
             });
             self.readdressing = Some((name, task));
         }
-        let results = join_all(pushes.iter().map(|(node, endpoint, generation, rewrites)| {
-            let body = CommandBody::SetRewrites {
-                generation: *generation,
-                rewrites: rewrites.clone(),
-            };
-            tell(memory, node, *endpoint, body, signing, seq)
-        }))
+        let results = join_all(pushes.iter().map(
+            |(node, endpoint, generation, rewrites, replaces)| {
+                let body = CommandBody::SetRewrites {
+                    generation: *generation,
+                    rewrites: rewrites.clone(),
+                    replaces: Some(*replaces),
+                };
+                tell(memory, node, *endpoint, body, signing, seq)
+            },
+        ))
         .await;
         let hostname = |node: &str| {
             memory
@@ -784,8 +788,14 @@ impl Recoverer {
                     hostname(n)
                 )
             }))
+            .chain(p.unread.iter().map(|n| {
+                format!(
+                    "{} (its agent did not say what it holds; told nothing)",
+                    hostname(n)
+                )
+            }))
             .collect();
-        for ((node, endpoint, generation, rewrites), r) in pushes.iter().zip(results) {
+        for ((node, endpoint, generation, rewrites, _), r) in pushes.iter().zip(results) {
             let name = hostname(node);
             match r {
                 Ok(_) => tracing::info!(

@@ -206,18 +206,27 @@ impl Agent {
             CommandBody::SetRewrites {
                 generation,
                 mut rewrites,
+                replaces,
             } => {
                 rewrites.sort();
-                if generation < state.generation
+                let stale = if replaces.is_some_and(|r| r != state.generation) {
+                    Some(format!(
+                        "the set in force changed since it was read: generation {}, read as {}",
+                        state.generation,
+                        replaces.unwrap_or_default()
+                    ))
+                } else if generation < state.generation
                     || (generation == state.generation && rewrites != state.rewrites)
                 {
-                    let refusal = Refusal::new(
-                        RefusalCode::StaleGeneration,
-                        format!(
-                            "generation {generation} does not supersede the set in force (generation {})",
-                            state.generation
-                        ),
-                    );
+                    Some(format!(
+                        "generation {generation} does not supersede the set in force (generation {})",
+                        state.generation
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = stale {
+                    let refusal = Refusal::new(RefusalCode::StaleGeneration, why);
                     drop(state);
                     return self.refuse(cmd.seq, now, refusal);
                 }

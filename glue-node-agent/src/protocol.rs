@@ -269,6 +269,12 @@ pub enum CommandBody {
     SetRewrites {
         generation: u64,
         rewrites: Vec<Rewrite>,
+        /// The generation the issuer read from this agent before it chose
+        /// the set: if another set came in force since, this one is refused
+        /// (`stale_generation`) rather than put over what it did not see.
+        /// Absent: no such condition.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<u64>,
     },
     /// Report what is in force.
     Status,
@@ -583,6 +589,7 @@ mod tests {
                     from: Ipv4Addr::new(10, 1, 0, 11),
                     to: Ipv4Addr::new(10, 2, 0, 87),
                 }],
+                replaces: None,
             },
         }
     }
@@ -705,6 +712,7 @@ mod tests {
                 from: Ipv4Addr::new(10, 1, 0, 1),
                 to: Ipv4Addr::new(10, 1, 0, 1),
             }],
+            replaces: None,
         };
         assert_eq!(
             code(open(&c.seal(&k).to_bytes(), &trusted, 0)),

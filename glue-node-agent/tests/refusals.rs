@@ -85,6 +85,11 @@ fn every_bad_command_is_refused_with_its_reason_and_changes_nothing() {
             fx.set(7, 0, &[]),
             RefusalCode::StaleGeneration,
         ),
+        (
+            "newer generation, but the set in force changed since it was read",
+            fx.set_replacing(13, 9, &[], Some(0)),
+            RefusalCode::StaleGeneration,
+        ),
     ];
     let mut unsigned: serde_json::Value = serde_json::from_slice(&fx.set(8, 2, &[])).expect("json");
     unsigned["sig"] = serde_json::Value::String(String::new());
@@ -158,6 +163,33 @@ fn every_bad_command_is_refused_with_its_reason_and_changes_nothing() {
             "{what} touched netfilter"
         );
     }
+}
+
+#[test]
+fn a_set_that_names_the_generation_in_force_is_taken() {
+    let fx = Fixture::new();
+    let calls = Arc::new(Calls::default());
+    let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(Rs(calls)));
+    let first = agent.handle(&fx.set_replacing(1, 4, &[(OLD, NEW)], Some(0)), now());
+    assert_eq!(first.http_status, 200, "{}", first.log);
+    // Read at 4, chosen, sent: taken. Then another issuer's set read at 4
+    // comes too late, whatever its generation.
+    let second = agent.handle(&fx.set_replacing(2, 6, &[], Some(4)), now());
+    assert_eq!(second.http_status, 200, "{}", second.log);
+    let late = agent.handle(&fx.set_replacing(3, 9, &[(OLD, NEW)], Some(4)), now());
+    match &late.reply.outcome {
+        Outcome::Refused { refusal } => {
+            assert_eq!(refusal.code, RefusalCode::StaleGeneration);
+            assert!(
+                refusal.reason.contains("changed since it was read"),
+                "{}",
+                refusal.reason
+            );
+        }
+        other => panic!("a set read from generation 4 replaced generation 6: {other:?}"),
+    }
+    assert_eq!(agent.status().generation, 6);
+    assert!(agent.status().rewrites.is_empty());
 }
 
 #[test]

@@ -80,6 +80,17 @@ impl Fixture {
     }
 
     pub fn set(&self, seq: u64, generation: u64, rewrites: &[(Ipv4Addr, Ipv4Addr)]) -> Vec<u8> {
+        self.set_replacing(seq, generation, rewrites, None)
+    }
+
+    /// A set issued after reading generation `replaces` from the agent.
+    pub fn set_replacing(
+        &self,
+        seq: u64,
+        generation: u64,
+        rewrites: &[(Ipv4Addr, Ipv4Addr)],
+        replaces: Option<u64>,
+    ) -> Vec<u8> {
         let rewrites = rewrites
             .iter()
             .map(|(from, to)| Rewrite {
@@ -92,6 +103,7 @@ impl Fixture {
             CommandBody::SetRewrites {
                 generation,
                 rewrites,
+                replaces,
             },
         )
         .seal(&self.manager)
