@@ -225,8 +225,8 @@ pub fn save_logs(lab: &Lab, step: &str) -> String {
         let text = lab
             .sh(
                 &n.name,
-                "journalctl --since -20min --no-pager -o short-precise \
-                 -u glue-manager -t glue-manager -u glue-node-agent -u docker",
+                // The whole journal: matches on different fields would AND.
+                "journalctl --since -20min --no-pager -o short-precise",
             )
             .unwrap_or_else(|e| format!("cannot read: {e}"));
         if let Err(e) = std::fs::write(dir.join(format!("{}.log", n.name)), text) {
