@@ -469,7 +469,10 @@ impl Recoverer {
         }))
         .await;
         let after = if proofs.iter().any(Result::is_ok) {
-            self.local_rules(memory, signing, seq).await.ok()
+            self.local_rules(memory, signing, seq)
+                .await
+                .ok()
+                .map(|st| st.rewrites.iter().map(|r| r.from).collect())
         } else {
             Some(Vec::new())
         };
@@ -657,8 +660,11 @@ impl Recoverer {
         // they cannot be read (seen: the agent, busy, not answering within
         // 2 s; a proof then went through a rule to a manager's *old*
         // address, and the rewrite that followed cut that manager off).
+        let mut own = None;
         match self.local_rules(memory, signing, seq).await {
-            Ok(rewritten) => {
+            Ok(status) => {
+                let rewritten: Vec<Ipv4Addr> = status.rewrites.iter().map(|r| r.from).collect();
+                own = Some(status);
                 if std::mem::take(&mut self.agent_silent) {
                     tracing::info!("recovery: this host's agent answers again");
                 }
@@ -691,7 +697,7 @@ impl Recoverer {
             pending: pending.unwrap_or_default(),
             marks_unknown,
         };
-        obs.agents = self.agents(memory, &obs, signing, seq).await;
+        obs.agents = self.agents(memory, &obs, own, signing, seq).await;
         let p = plan::plan(&obs, memory, &self.file.recovery, self.agent_port);
         if p.next.started_ms != self.file.recovery.started_ms {
             self.file.timeline.clear();
@@ -756,7 +762,15 @@ impl Recoverer {
             let done = self.readdress_done.clone();
             let task = tokio::spawn(async move {
                 let r = readdress::run(&env, &batch).await;
-                done.notify_one();
+                // A step that ended (or failed) calls for a round at once; a
+                // "not now" waits for the next tick. Seen: a leader waiting
+                // 16 s for a manager to be reachable ran about five rounds a
+                // second, each asking its own agent twice; that agent, the
+                // only one that had not answered a push in time, got no
+                // rules until clean-up.
+                if !matches!(r, Ok(Outcome::NotNow(_))) {
+                    done.notify_one();
+                }
                 r
             });
             self.readdressing = Some((name, task));
@@ -872,9 +886,9 @@ impl Recoverer {
         memory: &Memory,
         signing: &SigningKey,
         seq: &Sequence,
-    ) -> Result<Vec<Ipv4Addr>, String> {
+    ) -> Result<glue_node_agent::protocol::AgentStatus, String> {
         let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, self.agent_port));
-        match tell(
+        tell(
             memory,
             &memory.node_id,
             endpoint,
@@ -883,23 +897,34 @@ impl Recoverer {
             seq,
         )
         .await
-        {
-            Ok(st) => Ok(st.rewrites.iter().map(|r| r.from).collect()),
-            Err(e) => Err(e.to_string()),
-        }
     }
 
     /// Asks every node's agent what it has in force, at its current address:
     /// proven managers, this host, workers found by `<hostname>.local`.
+    /// `own`: what this host's agent said this round (asked once, not
+    /// twice: a busy agent falls behind).
     async fn agents(
         &self,
         memory: &Memory,
         obs: &Observation,
+        own: Option<glue_node_agent::protocol::AgentStatus>,
         signing: &SigningKey,
         seq: &Sequence,
     ) -> BTreeMap<String, AgentSeen> {
         let mut where_: Vec<(String, Ipv4Addr)> =
             plan::current_addrs(obs, memory).into_iter().collect();
+        let mut seen = BTreeMap::new();
+        if let (Some(st), Some(addr)) = (own, plan::my_current(obs, memory)) {
+            where_.retain(|(node, _)| *node != memory.node_id);
+            seen.insert(
+                memory.node_id.clone(),
+                AgentSeen {
+                    addr,
+                    generation: st.generation,
+                    rewrites: st.rewrites,
+                },
+            );
+        }
         if let Some(avahi) = &self.avahi {
             let workers: Vec<(&String, &str)> = memory
                 .nodes
@@ -934,22 +959,19 @@ impl Recoverer {
             }
         }))
         .await;
-        where_
-            .into_iter()
-            .zip(answers)
-            .filter_map(|((node, addr), st)| {
-                st.map(|s| {
-                    (
-                        node,
-                        AgentSeen {
-                            addr,
-                            generation: s.generation,
-                            rewrites: s.rewrites,
-                        },
-                    )
-                })
-            })
-            .collect()
+        for ((node, addr), st) in where_.into_iter().zip(answers) {
+            if let Some(s) = st {
+                seen.insert(
+                    node,
+                    AgentSeen {
+                        addr,
+                        generation: s.generation,
+                        rewrites: s.rewrites,
+                    },
+                );
+            }
+        }
+        seen
     }
 
     fn save(&self) {
