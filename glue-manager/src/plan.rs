@@ -459,8 +459,9 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         // Seen in lab runs: a manager that had not proven its peers yet
         // (once because its own agent had not answered) pushed a set
         // without their rules, under a newer generation, over the fuller
-        // set on the agents; in one run it stood for 17 s, raft lost its
-        // links and the new leader declared every node down.
+        // set on the agents; in one run its full set came 17 s later, no
+        // write committed until +25 s, and the new leader declared every
+        // node down.
         let Some(seen) = seen else {
             unread.push(id.clone());
             continue;

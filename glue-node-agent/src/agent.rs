@@ -209,11 +209,10 @@ impl Agent {
                 replaces,
             } => {
                 rewrites.sort();
-                let stale = if replaces.is_some_and(|r| r != state.generation) {
+                let stale = if let Some(read) = replaces.filter(|r| *r != state.generation) {
                     Some(format!(
-                        "the set in force changed since it was read: generation {}, read as {}",
-                        state.generation,
-                        replaces.unwrap_or_default()
+                        "the set in force changed since it was read: generation {}, read as {read}",
+                        state.generation
                     ))
                 } else if generation < state.generation
                     || (generation == state.generation && rewrites != state.rewrites)

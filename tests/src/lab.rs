@@ -402,14 +402,15 @@ impl Lab {
             },
         )?;
         if std::env::var_os(DOCKERD_DEBUG).is_some_and(|v| v == "1") {
-            // Read again on SIGHUP (the unit's reload); kept across restarts.
+            // Added to the image's daemon.json (once), read again on SIGHUP
+            // (the unit's reload), kept across restarts.
             self.docker.exec(
                 c,
                 &[
                     "sh",
                     "-c",
-                    "printf '{\"log-driver\": \"json-file\", \"log-opts\": {\"max-size\": \"5m\"}, \"debug\": true}\\n' \
-                     > /etc/docker/daemon.json && systemctl reload docker",
+                    "f=/etc/docker/daemon.json; { grep -q '\"debug\"' $f \
+                     || sed -i '0,/{/s//{\\n  \"debug\": true,/' $f; } && systemctl reload docker",
                 ],
             )?;
         }
@@ -1002,14 +1003,14 @@ fn node_index(name: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// The flags that make a container boot systemd with a working dockerd on this
-/// kind of machine (`--privileged` fails here: the kernel's bounding set lacks
-/// CAP_SYS_RESOURCE). The node's dockerd keeps its data on an anonymous volume,
-/// so it can use overlay2 instead of vfs.
 /// Set to `1`, every node's dockerd logs at debug level (what swarmkit logs
 /// when it refuses to remove a demoted manager from raft, for one).
 pub const DOCKERD_DEBUG: &str = "SG_LAB_DOCKERD_DEBUG";
 
+/// The flags that make a container boot systemd with a working dockerd on this
+/// kind of machine (`--privileged` fails here: the kernel's bounding set lacks
+/// CAP_SYS_RESOURCE). The node's dockerd keeps its data on an anonymous volume,
+/// so it can use overlay2 instead of vfs.
 fn node_run_flags() -> &'static [&'static str] {
     &[
         "--cap-add",

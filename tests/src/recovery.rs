@@ -210,10 +210,10 @@ pub fn nodes_down(lab: &Lab, managers: &[String]) -> Vec<String> {
     out
 }
 
-/// Keeps the last 20 minutes of every node's journal (glue-manager, its
-/// agent and dockerd) under `/tmp/swarm-glue-lab-logs/<lab>/<step>/`, for a
-/// failed run whose lab is torn down next; returns that directory (or why
-/// it could not be written).
+/// Keeps the last 20 minutes of every node's whole journal (glue-manager,
+/// its agent, dockerd and the rest) under
+/// `/tmp/swarm-glue-lab-logs/<lab>/<step>/`, for a failed run whose lab is
+/// torn down next; returns that directory (or why it could not be written).
 pub fn save_logs(lab: &Lab, step: &str) -> String {
     let dir = std::path::Path::new("/tmp/swarm-glue-lab-logs")
         .join(lab.name())
