@@ -128,6 +128,10 @@ pub struct Plan {
     /// holds this round: told nothing (a set chosen without seeing theirs
     /// could replace a fuller one from another manager).
     pub unread: Vec<String>,
+    /// Why the next re-addressing step is not started this round, said by
+    /// the manager that would coordinate it (`None` when one starts, or
+    /// when nothing is left to re-address).
+    pub held: Option<String>,
 }
 
 /// A node's remembered address: its raft address for a manager, its swarm
@@ -253,6 +257,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     }
     let newest_seen = obs.agents.values().map(|a| a.generation).max().unwrap_or(0);
     let mut coordinator = false;
+    let mut held = None;
     let recorded_current = |recorded: &BTreeMap<String, Ipv4Addr>| {
         !obs.marks_unknown
             && obs.pending.is_empty()
@@ -300,6 +305,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             no_address: Vec::new(),
             late: Vec::new(),
             unread: Vec::new(),
+            held: None,
         };
     }
     // The map grows as peers are proven, and changes if they move again.
@@ -382,6 +388,11 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                         .iter()
                         .filter(|(_, n)| n.role == Role::Manager)
                         .all(|(id, _)| current.contains_key(id) || obs.pending.contains_key(id));
+                if let (false, Some((first, _, _))) = (all_up, batch.first()) {
+                    if self::coordinator(obs, memory, first) == memory.node_id {
+                        held = Some(not_up(obs, memory, &current));
+                    }
+                }
                 for (id, from, to) in batch.iter().filter(|_| all_up) {
                     if self::coordinator(obs, memory, id) == memory.node_id {
                         coordinator = true;
@@ -405,6 +416,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             no_address: Vec::new(),
             late: Vec::new(),
             unread: Vec::new(),
+            held,
         };
     }
     // Every agent must have its set of the current generation.
@@ -491,7 +503,28 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         no_address,
         late,
         unread,
+        held,
     }
+}
+
+/// Why a re-addressing step cannot start: the marks are unreadable, or
+/// some manager is neither up at a proven address nor half-way.
+fn not_up(obs: &Observation, memory: &Memory, current: &BTreeMap<String, Ipv4Addr>) -> String {
+    if obs.marks_unknown {
+        return "the re-address marks could not be read".to_string();
+    }
+    let missing: Vec<&str> = memory
+        .nodes
+        .iter()
+        .filter(|(id, n)| {
+            n.role == Role::Manager && !current.contains_key(*id) && !obs.pending.contains_key(*id)
+        })
+        .map(|(_, n)| n.hostname.as_str())
+        .collect();
+    format!(
+        "not every manager is up at a proven address: {} not yet",
+        missing.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -1086,8 +1119,25 @@ mod tests {
                 .count()
         };
         assert_eq!(readdress(&plan(&o, &mem, &rec, PORT)), 0);
+        assert_eq!(coordinator(&o, &mem, "m3"), "m1");
+        assert_eq!(
+            plan(&o, &mem, &rec, PORT).held.as_deref(),
+            Some("the re-address marks could not be read"),
+            "the coordinator says why it waits"
+        );
         o.marks_unknown = false;
-        assert_eq!(readdress(&plan(&o, &mem, &rec, PORT)), 1);
+        let p = plan(&o, &mem, &rec, PORT);
+        assert_eq!(readdress(&p), 1);
+        assert_eq!(p.held, None);
+        // A manager not up at a proven address holds the step, and is named.
+        let mut o2 = obs("10.0.1.1", &[("m3", "10.0.2.3")], &[], o.health.clone());
+        o2.marks_unknown = false;
+        let p = plan(&o2, &mem, &rec, PORT);
+        assert_eq!(readdress(&p), 0);
+        assert_eq!(
+            p.held.as_deref(),
+            Some("not every manager is up at a proven address: m2 not yet")
+        );
     }
 
     #[test]

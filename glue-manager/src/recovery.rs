@@ -569,10 +569,7 @@ impl Recoverer {
         match task.await {
             Ok(Ok(Outcome::Done)) => self.not_now.clear(),
             Ok(Ok(Outcome::NotNow(why))) => {
-                if why != self.not_now {
-                    tracing::info!("recovery: re-addressing {name} waits: {why}");
-                    self.not_now = why;
-                }
+                self.held(format!("re-addressing {name} waits: {why}"), lines)
             }
             Ok(Err(e)) => {
                 self.timeline(
@@ -611,6 +608,16 @@ impl Recoverer {
         }
         waiting.sort();
         self.file.waiting = waiting;
+    }
+
+    /// Says in the timeline why re-addressing waits, once per reason: a
+    /// wait is where a slow recovery's time goes (a bench run sat 49 s with
+    /// the reason in the journal only).
+    fn held(&mut self, why: String, lines: &mut Vec<String>) {
+        if why != self.not_now {
+            self.not_now = why.clone();
+            self.timeline(why, lines);
+        }
     }
 
     fn timeline(&mut self, line: String, lines: &mut Vec<String>) {
@@ -733,6 +740,9 @@ impl Recoverer {
                     });
                 }
             }
+        }
+        if let Some(why) = p.held {
+            self.held(format!("re-addressing waits: {why}"), &mut lines);
         }
         if let (false, None, Some(ctx)) = (batch.is_empty(), &self.readdressing, &ctx) {
             let mut managers: BTreeMap<String, Ipv4Addr> = plan::current_addrs(&obs, memory)
