@@ -365,7 +365,10 @@ impl DockerApi {
             // 300 s lease). A manager runs one task per purpose at a time,
             // so it is a leftover: taken over like an expired one.
             if expires > now && by != holder {
-                return Ok(Err(format!("held by {by} until {expires}")));
+                return Ok(Err(format!(
+                    "held by {by} (lease ends in {}s)",
+                    expires - now
+                )));
             }
             // Expired or ours: remove exactly that lease (by ID, so a lease someone
             // else took meanwhile is never removed), then try again.

@@ -157,6 +157,9 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
     if !errors.is_empty() {
         Err(errors.join("; "))
     } else if !waits.is_empty() {
+        // Two managers stepped together mostly wait for the same reason.
+        waits.sort();
+        waits.dedup();
         Ok(Outcome::NotNow(waits.join("; ")))
     } else {
         Ok(Outcome::Done)
@@ -244,7 +247,7 @@ async fn steps(
             .collect();
         if !blind.is_empty() {
             return Ok(Outcome::NotNow(format!(
-                "not every manager's Docker sees the leader yet: {}; demoting {name} waits",
+                "not every manager's Docker sees the leader yet: {}",
                 blind.join(", ")
             )));
         }
