@@ -365,9 +365,14 @@ impl DockerApi {
             // 300 s lease). A manager runs one task per purpose at a time,
             // so it is a leftover: taken over like an expired one.
             if expires > now && by != holder {
+                // A time of day, not "ends in Ns": the reason is said once
+                // per change in the timeline.
+                let t = expires % 86_400;
                 return Ok(Err(format!(
-                    "held by {by} (lease ends in {}s)",
-                    expires - now
+                    "held by {by} until {:02}:{:02}:{:02} UTC",
+                    t / 3600,
+                    t / 60 % 60,
+                    t % 60
                 )));
             }
             // Expired or ours: remove exactly that lease (by ID, so a lease someone
