@@ -26,6 +26,15 @@ use crate::readdress::{self, Outcome};
 
 const PROOF_TIMEOUT: Duration = Duration::from_secs(2);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a round waits for Avahi to resolve a worker's name. A worker
+/// that did not move is not on the managers' new link and is never
+/// resolved; every round waits this long for it before reading its agent
+/// where it was. It was 3 s: in a lab run where only the managers moved,
+/// the first pushes reached the workers 6.6 s after the move, 3 s of it
+/// this wait, and the leader declared a worker down 13.5 s after its last
+/// heartbeat (its dockerd had tried an old address before the rules came)
+/// and replaced its task. A host on the link answers within milliseconds.
+const WORKER_RESOLVE: Duration = Duration::from_millis(800);
 const RAFT_PORT: u16 = 2377;
 
 /// This host's usable IPv4 addresses (no loopback, Docker or bridge ones).
@@ -943,7 +952,7 @@ impl Recoverer {
                 .map(|(id, n)| (id, n.hostname.as_str()))
                 .collect();
             let found = join_all(workers.iter().map(|(_, host)| async move {
-                tokio::time::timeout(Duration::from_secs(3), avahi.resolve_host(host)).await
+                tokio::time::timeout(WORKER_RESOLVE, avahi.resolve_host(host)).await
             }))
             .await;
             for ((id, _), r) in workers.into_iter().zip(found) {
