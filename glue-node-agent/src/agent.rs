@@ -245,16 +245,18 @@ impl Agent {
                 if let Err(refusal) = saved {
                     return self.refuse(cmd.seq, now, refusal);
                 }
+                let started = std::time::Instant::now();
                 match self.enforce() {
                     Ok(changed) => (
                         Outcome::Applied {
                             status: self.status(),
                         },
                         format!(
-                            "set from {issuer} (seq {}): generation {generation}, {} rewrites{}",
+                            "set from {issuer} (seq {}): generation {generation}, {} rewrites{} ({:.2}s)",
                             cmd.seq,
                             rewrites.len(),
-                            if changed { "" } else { ", already in force" }
+                            if changed { "" } else { ", already in force" },
+                            started.elapsed().as_secs_f64()
                         ),
                     ),
                     Err(e) => {
@@ -294,18 +296,39 @@ impl Agent {
     /// pending a reset (and, after a repair, those to every rewritten address).
     /// Returns whether the kernel had to change.
     fn enforce(&self) -> Result<bool, String> {
+        let waited = std::time::Instant::now();
         let _one_at_a_time = self.applying.lock().map_err(|_| "apply lock poisoned")?;
+        let started = std::time::Instant::now();
         let desired = self.state();
         let changed = netfilter::apply(self.nf.as_ref(), &desired.rewrites, &self.ports)
             .map_err(|e| e.to_string())?;
+        let kernel = started.elapsed();
+        // Where a slow apply spent its time (a set is pushed with a 2 s
+        // timeout; the lab saw one take over a minute).
+        let slow = |resets: std::time::Duration| {
+            let total = waited.elapsed();
+            if total > std::time::Duration::from_secs(1) {
+                tracing::warn!(
+                    "putting generation {} in force took {:.2}s: {:.2}s waiting for an earlier apply, {:.2}s for the nat table, {:.2}s ending old connections",
+                    desired.generation,
+                    total.as_secs_f64(),
+                    (started - waited).as_secs_f64(),
+                    kernel.as_secs_f64(),
+                    resets.as_secs_f64()
+                );
+            }
+        };
         let mut olds: BTreeSet<Ipv4Addr> = desired.pending_reset.iter().copied().collect();
         if changed {
             olds.extend(desired.rewrites.iter().map(|r| r.from));
         }
         if olds.is_empty() {
+            slow(std::time::Duration::ZERO);
             return Ok(changed);
         }
+        let resetting = std::time::Instant::now();
         let errors = reset::reset_after_change(self.resetter.as_ref(), olds.iter().copied());
+        slow(resetting.elapsed());
         if !errors.is_empty() {
             let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
             return Err(format!(

@@ -13,6 +13,7 @@ pub const VERSION: &str = concat!(
 );
 
 pub mod agent;
+pub mod bounded;
 pub mod config;
 pub mod logging;
 pub mod netfilter;

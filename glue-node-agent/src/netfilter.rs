@@ -2,8 +2,7 @@
 //! `iptables` crate, and writes the batch built by [`crate::rules`] with one
 //! `iptables-restore --noflush` (one transaction).
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 
 use crate::protocol::Rewrite;
@@ -51,21 +50,10 @@ impl Netfilter for Iptables {
             reason,
             batch: batch.to_string(),
         };
-        let mut child = Command::new("iptables-restore")
-            .args(["--noflush", "--wait"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| fail(format!("cannot run iptables-restore: {e}")))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(batch.as_bytes())
-                .map_err(|e| fail(format!("writing to iptables-restore: {e}")))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| fail(format!("waiting for iptables-restore: {e}")))?;
+        let mut cmd = Command::new("iptables-restore");
+        cmd.args(["--noflush", "--wait"]);
+        let out = crate::bounded::output(cmd, Some(batch.as_bytes()), crate::bounded::LIMIT)
+            .map_err(fail)?;
         if out.status.success() {
             Ok(())
         } else {

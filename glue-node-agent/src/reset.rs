@@ -25,13 +25,14 @@ pub struct Kernel;
 
 fn run(program: &str, args: &[String], ok_codes: &[i32]) -> Result<(), ResetError> {
     let command = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| ResetError::Failed {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let out = crate::bounded::output(cmd, None, crate::bounded::LIMIT).map_err(|reason| {
+        ResetError::Failed {
             command: command.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        }
+    })?;
     match out.status.code() {
         Some(c) if ok_codes.contains(&c) => Ok(()),
         _ => Err(ResetError::Failed {
@@ -69,10 +70,9 @@ impl Resetter for Kernel {
         }
         // One listing, then a delete per matching flow (usually a handful):
         // conntrack filters on one address per call.
-        let listing = match Command::new("conntrack")
-            .args(["-L", "-f", "ipv4"])
-            .output()
-        {
+        let mut cmd = Command::new("conntrack");
+        cmd.args(["-L", "-f", "ipv4"]);
+        let listing = match crate::bounded::output(cmd, None, crate::bounded::LIMIT) {
             Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
             Ok(out) => {
                 return vec![ResetError::Failed {
@@ -84,10 +84,10 @@ impl Resetter for Kernel {
                     ),
                 }]
             }
-            Err(e) => {
+            Err(reason) => {
                 return vec![ResetError::Failed {
                     command: "conntrack -L -f ipv4".into(),
-                    reason: e.to_string(),
+                    reason,
                 }]
             }
         };

@@ -56,15 +56,21 @@ async fn route(
                 Ok(body) => {
                     let bytes = body.to_bytes();
                     let agent2 = agent.clone();
-                    let handled =
-                        tokio::task::spawn_blocking(move || agent2.handle(&bytes, now)).await;
+                    // Logged where it is handled: a client that gives up
+                    // (its timeout) drops this future, not the work, and a
+                    // set applied after that was not logged at all.
+                    let handled = tokio::task::spawn_blocking(move || {
+                        let h = agent2.handle(&bytes, now);
+                        if h.http_status == 200 {
+                            tracing::info!(peer = %peer, "{}", h.log);
+                        } else {
+                            tracing::warn!(peer = %peer, "{}", h.log);
+                        }
+                        h
+                    })
+                    .await;
                     match handled {
                         Ok(h) => {
-                            if h.http_status == 200 {
-                                tracing::info!(peer = %peer, "{}", h.log);
-                            } else {
-                                tracing::warn!(peer = %peer, "{}", h.log);
-                            }
                             respond(h.http_status, h.reply.seal(agent.signing_key()).to_bytes())
                         }
                         Err(e) => refused(&agent, now, RefusalCode::Internal, e.to_string()),
