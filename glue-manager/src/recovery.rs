@@ -33,7 +33,9 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// the first pushes reached the workers 6.6 s after the move, 3 s of it
 /// this wait, and the leader declared a worker down 13.5 s after its last
 /// heartbeat (its dockerd had tried an old address before the rules came)
-/// and replaced its task. A host on the link answers within milliseconds.
+/// and replaced its task. How fast a host on the link answers was not
+/// measured; one that misses this wait is read where it was, and the next
+/// round (2 s) asks again.
 const WORKER_RESOLVE: Duration = Duration::from_millis(800);
 const RAFT_PORT: u16 = 2377;
 

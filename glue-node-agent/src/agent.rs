@@ -303,8 +303,8 @@ impl Agent {
         let changed = netfilter::apply(self.nf.as_ref(), &desired.rewrites, &self.ports)
             .map_err(|e| e.to_string())?;
         let kernel = started.elapsed();
-        // Where a slow apply spent its time (a set is pushed with a 2 s
-        // timeout; the lab saw one take over a minute).
+        // Where a slow apply spent its time (a manager waits 2 s for the
+        // answer to a set).
         let slow = |resets: std::time::Duration| {
             let total = waited.elapsed();
             if total > std::time::Duration::from_secs(1) {
