@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use crate::netfilter::{self, Netfilter};
 use crate::protocol::{
     open_command, AgentStatus, CommandBody, CommandContext, Outcome, PublicKey, Refusal,
-    RefusalCode, Reply, SigningKey, TrustSet, VERSION,
+    RefusalCode, Reply, Rewrite, SigningKey, TrustSet, VERSION,
 };
 use crate::reset::{self, Resetter};
 use crate::rules::Ports;
@@ -31,8 +31,10 @@ pub struct Agent {
     ports: Ports,
     store: StateStore,
     state: Mutex<AgentState>,
-    /// One application to the kernel at a time, always of the newest desired state.
-    applying: Mutex<()>,
+    /// One application to the kernel at a time, always of the newest desired
+    /// state. Holds the set this agent last saw in force (none before its
+    /// first apply), to tell a change it makes from rules altered under it.
+    applying: Mutex<Option<Vec<Rewrite>>>,
     nf: Box<dyn Netfilter>,
     resetter: Box<dyn Resetter>,
 }
@@ -73,7 +75,7 @@ impl Agent {
                 ports: setup.ports,
                 store,
                 state: Mutex::new(state),
-                applying: Mutex::new(()),
+                applying: Mutex::new(None),
                 nf,
                 resetter,
             },
@@ -230,10 +232,11 @@ impl Agent {
                     return self.refuse(cmd.seq, now, refusal);
                 }
                 if rewrites != state.rewrites {
-                    // Connections to every address rewritten before or now must end.
+                    // Connections to every address whose rule is added,
+                    // changed or removed must end; owed until they did.
                     let mut pending: BTreeSet<Ipv4Addr> =
                         state.pending_reset.iter().copied().collect();
-                    pending.extend(state.rewrites.iter().chain(&rewrites).map(|r| r.from));
+                    pending.extend(rewritten_differently(&state.rewrites, &rewrites));
                     next.pending_reset = pending.into_iter().collect();
                 }
                 next.generation = generation;
@@ -293,15 +296,36 @@ impl Agent {
     }
 
     /// Puts the newest desired set in force, then ends the connections still
-    /// pending a reset (and, after a repair, those to every rewritten address).
-    /// Returns whether the kernel had to change.
+    /// pending a reset, and those to addresses whose rule differs from the
+    /// set last in force. After a repair (rules altered under the agent:
+    /// a firewall reload, a reboot) it ends those to every rewritten address,
+    /// since flows set up meanwhile bypassed the rewrite. Connections through
+    /// a rule that stayed the same are left alone. Returns whether the kernel
+    /// had to change.
     fn enforce(&self) -> Result<bool, String> {
         let waited = std::time::Instant::now();
-        let _one_at_a_time = self.applying.lock().map_err(|_| "apply lock poisoned")?;
+        let mut last_in_force = self.applying.lock().map_err(|_| "apply lock poisoned")?;
         let started = std::time::Instant::now();
         let desired = self.state();
-        let changed = netfilter::apply(self.nf.as_ref(), &desired.rewrites, &self.ports)
-            .map_err(|e| e.to_string())?;
+        let applied = netfilter::apply(
+            self.nf.as_ref(),
+            &desired.rewrites,
+            last_in_force.as_deref(),
+            &self.ports,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut olds: BTreeSet<Ipv4Addr> = desired.pending_reset.iter().copied().collect();
+        match (applied, last_in_force.as_deref()) {
+            (netfilter::Applied::AlreadyInForce, _) => {}
+            (netfilter::Applied::Changed, Some(before)) => {
+                olds.extend(rewritten_differently(before, &desired.rewrites));
+            }
+            // A repair, or the first apply since the agent started (after a
+            // reboot, say): what went through meanwhile is not known.
+            _ => olds.extend(desired.rewrites.iter().map(|r| r.from)),
+        }
+        let changed = applied != netfilter::Applied::AlreadyInForce;
+        *last_in_force = Some(desired.rewrites.clone());
         let kernel = started.elapsed();
         // Where a slow apply spent its time (a manager waits 2 s for the
         // answer to a set).
@@ -318,10 +342,6 @@ impl Agent {
                 );
             }
         };
-        let mut olds: BTreeSet<Ipv4Addr> = desired.pending_reset.iter().copied().collect();
-        if changed {
-            olds.extend(desired.rewrites.iter().map(|r| r.from));
-        }
         if olds.is_empty() {
             slow(std::time::Duration::ZERO);
             return Ok(changed);
@@ -355,6 +375,17 @@ impl Agent {
     pub fn state_path(&self) -> &Path {
         self.store.path()
     }
+}
+
+/// The old addresses whose rule `after` adds, changes or removes against
+/// `before`.
+fn rewritten_differently(before: &[Rewrite], after: &[Rewrite]) -> BTreeSet<Ipv4Addr> {
+    let before: BTreeSet<&Rewrite> = before.iter().collect();
+    let after: BTreeSet<&Rewrite> = after.iter().collect();
+    before
+        .symmetric_difference(&after)
+        .map(|r| r.from)
+        .collect()
 }
 
 /// Loads every `*.pub` file of the trust directory: one base64 Ed25519 key

@@ -198,7 +198,8 @@ fn clear(cfg: &Config) -> anyhow::Result<()> {
                 })
                 .map_err(anyhow::Error::from)
         });
-    let removed = netfilter::apply(&Iptables::new()?, &[], &cfg.ports())?;
+    let removed = netfilter::apply(&Iptables::new()?, &[], None, &cfg.ports())?
+        != netfilter::Applied::AlreadyInForce;
     forgotten?;
     println!(
         "glue-node-agent: {}",

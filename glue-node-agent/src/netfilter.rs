@@ -86,17 +86,35 @@ impl Netfilter for Recording {
     }
 }
 
-/// Makes the kernel hold exactly `rewrites`. Returns whether anything changed.
+/// What [`apply`] found in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The kernel held the set already.
+    AlreadyInForce,
+    /// The kernel held the set in force before (or nothing was known of it).
+    Changed,
+    /// The kernel held neither the set nor the one in force before: something
+    /// else altered the rules (a firewall reload, a reboot) and they were put back.
+    Repaired,
+}
+
+/// Makes the kernel hold exactly `rewrites`. `before` is the set last put in
+/// force, if known; it tells a change from a repair.
 pub fn apply(
     nf: &dyn Netfilter,
     rewrites: &[Rewrite],
+    before: Option<&[Rewrite]>,
     ports: &Ports,
-) -> Result<bool, NetfilterError> {
+) -> Result<Applied, NetfilterError> {
     let state = NatState::parse(&nf.nat_rules()?);
-    match rules::batch(&state, rewrites, ports) {
-        None => Ok(false),
-        Some(batch) => nf.restore(&batch).map(|()| true),
-    }
+    let Some(batch) = rules::batch(&state, rewrites, ports) else {
+        return Ok(Applied::AlreadyInForce);
+    };
+    nf.restore(&batch)?;
+    Ok(match before {
+        Some(before) if !state.matches(before, ports) => Applied::Repaired,
+        _ => Applied::Changed,
+    })
 }
 
 /// True when the kernel holds exactly `rewrites`.

@@ -96,8 +96,8 @@ impl Resetter for Kernel {
     }
 }
 
-/// After a set changed: end what still points at the addresses that were
-/// rewritten before or are rewritten now. Keeps going and returns every error.
+/// After a set changed: end what still points at `olds`, the addresses whose
+/// rule changed (see `Agent::enforce`). Keeps going and returns every error.
 pub fn reset_after_change(
     r: &dyn Resetter,
     olds: impl IntoIterator<Item = Ipv4Addr>,

@@ -109,6 +109,53 @@ fn an_established_connection_to_an_old_address_is_aborted_when_the_set_arrives()
 }
 
 #[test]
+fn a_connection_through_a_rule_that_stays_outlives_a_new_set_and_ends_when_its_rule_goes() {
+    let p = pair();
+    let fx = Fixture::new();
+    let agent = p.agent(&fx);
+    let swarm = p
+        .peer
+        .run(|| TcpListener::bind((NEW, 2377)))
+        .expect("listen NEW:2377");
+    p.peer_moves();
+    p.send(&agent, &fx.set(1, 1, &[(OLD, NEW)]));
+    let mut c = connect(&p.node, (OLD, 2377).into(), Duration::from_secs(3))
+        .expect("OLD:2377 is redirected to NEW:2377");
+    let (mut s, _) = swarm.accept().expect("accept");
+    for stream in [&c, &s] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+    }
+
+    // Another manager's move becomes known: its rule is added, OLD's stays.
+    let other = (Ipv4Addr::new(10, 99, 1, 12), Ipv4Addr::new(10, 99, 2, 33));
+    let outcome = p.send(&agent, &fx.set(2, 2, &[(OLD, NEW), other]));
+    assert!(
+        matches!(outcome, Outcome::Applied { ref status } if status.in_force && status.rewrites.len() == 2),
+        "{outcome:?}"
+    );
+    c.write_all(b"raft").expect("write after the new set");
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf)
+        .expect("the connection through the unchanged rule still carries data");
+    assert_eq!(&buf, b"raft");
+    s.write_all(b"back").expect("answer");
+    c.read_exact(&mut buf)
+        .expect("and the answer comes back through it");
+    assert_eq!(&buf, b"back");
+
+    // Clean-up: OLD's rule goes, and the connection through it is ended.
+    p.send(&agent, &fx.set(3, 3, &[]));
+    match c.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+        other => {
+            panic!("the connection through the removed rule should be aborted, read gave {other:?}")
+        }
+    }
+}
+
+#[test]
 fn the_same_set_twice_changes_nothing_and_the_empty_set_leaves_no_trace() {
     let p = pair();
     let fx = Fixture::new();
