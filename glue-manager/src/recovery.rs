@@ -64,6 +64,49 @@ pub struct RecoveryFile {
     /// each with the reason (a node that is down keeps the recovery open).
     #[serde(default)]
     pub waiting: Vec<String>,
+    /// How many timeline lines were left out (see [`RecoveryFile::record`]).
+    #[serde(default)]
+    pub left_out: usize,
+}
+
+/// The timeline keeps at most this many lines: its first [`TIMELINE_HEAD`]
+/// (how the recovery began), a line saying how many were left out, and the
+/// newest. A recovery can stay open for days (clean-up waits for a node that
+/// is down), and the file is rewritten every round. The journal has every line.
+pub const TIMELINE_MAX: usize = 200;
+pub const TIMELINE_HEAD: usize = 20;
+
+impl RecoveryFile {
+    /// Adds a line to the timeline, leaving out the oldest after the head
+    /// when it is full.
+    pub fn record(&mut self, ms: u64, line: String) {
+        self.timeline.push((ms, line));
+        if self.timeline.len() <= TIMELINE_MAX {
+            return;
+        }
+        if self.left_out == 0 {
+            // Two lines go the first time: one for the marker's place.
+            let first = self.timeline.remove(TIMELINE_HEAD);
+            self.timeline.remove(TIMELINE_HEAD);
+            self.timeline
+                .insert(TIMELINE_HEAD, (first.0, String::new()));
+            self.left_out = 2;
+        } else {
+            self.timeline.remove(TIMELINE_HEAD + 1);
+            self.left_out += 1;
+        }
+        // The marker keeps the time of the first line left out.
+        self.timeline[TIMELINE_HEAD].1 = format!(
+            "… {} lines left out here (journalctl -u glue-manager has every line)",
+            self.left_out
+        );
+    }
+
+    /// Starts the timeline of a new recovery.
+    pub fn clear_timeline(&mut self) {
+        self.timeline.clear();
+        self.left_out = 0;
+    }
 }
 
 pub struct Recoverer {
@@ -633,7 +676,7 @@ impl Recoverer {
 
     fn timeline(&mut self, line: String, lines: &mut Vec<String>) {
         tracing::info!("recovery: {line}");
-        self.file.timeline.push((now_ms(), line.clone()));
+        self.file.record(now_ms(), line.clone());
         lines.push(line);
     }
 
@@ -718,7 +761,7 @@ impl Recoverer {
         obs.agents = self.agents(memory, &obs, own, signing, seq).await;
         let p = plan::plan(&obs, memory, &self.file.recovery, self.agent_port);
         if p.next.started_ms != self.file.recovery.started_ms {
-            self.file.timeline.clear();
+            self.file.clear_timeline();
         }
         let mut pushes = Vec::new();
         let mut batch = Vec::new();
@@ -726,7 +769,7 @@ impl Recoverer {
             match a {
                 Action::Timeline(line) => {
                     tracing::info!("recovery: {line}");
-                    self.file.timeline.push((obs.now_ms, line.clone()));
+                    self.file.record(obs.now_ms, line.clone());
                     lines.push(line);
                 }
                 Action::SetRewrites {
@@ -1070,6 +1113,45 @@ async fn tell(
 mod tests {
     use super::*;
     use crate::memory::NodeMemory;
+
+    #[test]
+    fn a_long_timeline_keeps_its_head_and_newest_lines_and_says_how_many_it_left_out() {
+        let mut f = RecoveryFile::default();
+        for i in 0..TIMELINE_MAX as u64 {
+            f.record(i, format!("line {i}"));
+        }
+        assert_eq!(f.timeline.len(), TIMELINE_MAX);
+        assert_eq!(f.left_out, 0);
+        for i in TIMELINE_MAX as u64..TIMELINE_MAX as u64 + 50 {
+            f.record(i, format!("line {i}"));
+        }
+        assert_eq!(f.timeline.len(), TIMELINE_MAX, "{:#?}", f.timeline);
+        assert_eq!(f.left_out, 51);
+        for (i, (ms, line)) in f.timeline[..TIMELINE_HEAD].iter().enumerate() {
+            assert_eq!(
+                (*ms, line.as_str()),
+                (i as u64, format!("line {i}").as_str())
+            );
+        }
+        // The marker takes the place (and the time) of the first line left out.
+        assert_eq!(
+            f.timeline[TIMELINE_HEAD],
+            (
+                TIMELINE_HEAD as u64,
+                "… 51 lines left out here (journalctl -u glue-manager has every line)".to_string()
+            )
+        );
+        let newest: Vec<u64> = f.timeline[TIMELINE_HEAD + 1..]
+            .iter()
+            .map(|t| t.0)
+            .collect();
+        let expected: Vec<u64> = (TIMELINE_HEAD as u64 + 51..TIMELINE_MAX as u64 + 50).collect();
+        assert_eq!(newest, expected);
+        // A new recovery starts a whole timeline again.
+        f.clear_timeline();
+        f.record(7, "detect".into());
+        assert_eq!((f.timeline.len(), f.left_out), (1, 0));
+    }
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().expect("ip")
