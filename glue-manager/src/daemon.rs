@@ -388,6 +388,12 @@ impl Daemon {
             .filter(|n| n.state != "ready")
             .map(|n| n.id.clone())
             .collect();
+        self.recoverer.down = snap
+            .nodes
+            .iter()
+            .filter(|n| n.state == "down")
+            .map(|n| n.id.clone())
+            .collect();
         // Docker 20.10 can report "error" for a manager whose swarm runs fine
         // (seen after a promotion: reachable, listed by the leader, `docker
         // info` says "Swarm: error" with no message until dockerd restarts).

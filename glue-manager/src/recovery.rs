@@ -144,7 +144,8 @@ pub struct Recoverer {
     agent_silent: bool,
     /// The dispatcher heartbeat may still be raised by a re-addressing
     /// (a recovery ran, or this manager just started): looked at once the
-    /// recovery is over.
+    /// recovery is over, or when only nodes Docker declared down hold the
+    /// clean-up back.
     heartbeat_raised: bool,
     /// This recovery raised it already (as soon as quorum was back).
     heartbeat_held: bool,
@@ -152,6 +153,11 @@ pub struct Recoverer {
     heartbeat_leader: String,
     /// Nodes Docker does not see ready, from the daemon's last look.
     pub not_ready: BTreeSet<String>,
+    /// Nodes Docker declared down, from the same look.
+    pub down: BTreeSet<String>,
+    /// This clean-up put the heartbeat back already, only down nodes
+    /// holding it back.
+    put_back_for_down: bool,
 }
 
 /// What a proof stood on when it was made: the node's remembered address
@@ -252,6 +258,8 @@ impl Recoverer {
             heartbeat_held: false,
             heartbeat_leader: String::new(),
             not_ready: BTreeSet::new(),
+            down: BTreeSet::new(),
+            put_back_for_down: false,
             proven: BTreeMap::new(),
             proof_basis: BTreeMap::new(),
             agent_port,
@@ -639,14 +647,14 @@ impl Recoverer {
     /// Once a recovery is over, puts the dispatcher heartbeat back where it
     /// was before re-addressing raised it (any manager may; the first one
     /// does it, the others find no mark). Tried again next round on failure.
-    async fn heartbeat_back(&mut self, docker: &DockerApi, lines: &mut Vec<String>) {
+    async fn heartbeat_back(&mut self, docker: &DockerApi, why: &str, lines: &mut Vec<String>) {
         let what = "putting the dispatcher heartbeat back";
         if let Some(back) = bounded(what, docker.release_heartbeat(readdress::HEARTBEAT)).await {
             self.heartbeat_raised = false;
             self.heartbeat_held = false;
             if let Some(p) = back {
                 self.timeline(
-                    format!("dispatcher heartbeat back to {:.0}s", p.as_secs_f64()),
+                    format!("dispatcher heartbeat back to {:.0}s{why}", p.as_secs_f64()),
                     lines,
                 );
             }
@@ -708,7 +716,10 @@ impl Recoverer {
         if self.file.recovery.phase != Phase::Idle {
             self.heartbeat_raised = true;
         } else if let (true, true, Some(ctx)) = (self.heartbeat_raised, healthy, &ctx) {
-            self.heartbeat_back(&ctx.docker, &mut lines).await;
+            self.heartbeat_back(&ctx.docker, "", &mut lines).await;
+        }
+        if self.file.recovery.phase != Phase::CleanUp {
+            self.put_back_for_down = false;
         }
         if healthy && !mine_moved && !peers_moved && self.file.recovery.phase == Phase::Idle {
             return lines;
@@ -856,6 +867,12 @@ impl Recoverer {
                 .get(node)
                 .map_or(node.to_string(), |n| n.hostname.clone())
         };
+        let mut held_by: BTreeSet<&String> = p
+            .no_address
+            .iter()
+            .chain(&p.late)
+            .chain(&p.unread)
+            .collect();
         let mut waiting: Vec<String> = p
             .no_address
             .iter()
@@ -882,11 +899,29 @@ impl Recoverer {
                 ),
                 Err(e) => {
                     tracing::warn!("recovery: {name}: {e}");
+                    held_by.insert(node);
                     waiting.push(format!(
                         "{name} (its agent at {endpoint} did not take the set)"
                     ));
                 }
             }
+        }
+        // Only nodes Docker declared down hold the clean-up back: every
+        // other node is clean, and a down node is past any grace. A node
+        // that stays down (or is gone for good) must not keep the swarm at
+        // the raised period, where a failure is noticed after 60 s, not 15 s.
+        let only_down = !held_by.is_empty() && held_by.iter().all(|n| self.down.contains(*n));
+        if let (Phase::CleanUp, true, false, true, Some(ctx)) = (
+            p.next.phase,
+            only_down,
+            self.put_back_for_down,
+            healthy,
+            &ctx,
+        ) {
+            let names: Vec<String> = held_by.iter().map(|n| hostname(n)).collect();
+            let why = format!(" (clean-up waits only for {}, down)", names.join(", "));
+            self.heartbeat_back(&ctx.docker, &why, &mut lines).await;
+            self.put_back_for_down = !self.heartbeat_raised;
         }
         self.clean_up_waits(p.next.phase, waiting);
         // Raised as soon as quorum is back: a node that cannot reach a
@@ -933,7 +968,7 @@ impl Recoverer {
         if let (Phase::Idle, true, true, Some(ctx)) =
             (p.next.phase, self.heartbeat_raised, healthy, &ctx)
         {
-            self.heartbeat_back(&ctx.docker, &mut lines).await;
+            self.heartbeat_back(&ctx.docker, "", &mut lines).await;
         }
         if p.next != self.file.recovery {
             self.file.recovery = p.next;

@@ -16,8 +16,9 @@
 //!    re-addressing another (systemd restarts it);
 //! 4. one manager is down while the others move, and comes back (on its old
 //!    network, then moved) later;
-//! 5. one worker is down while the others move: clean-up names it and waits;
-//!    it comes back (moved too), its dockerd still dialling the managers' old
+//! 5. one worker is down while the others move: clean-up names it and waits,
+//!    with the heartbeat back to 5 s once Docker declares it down; it comes
+//!    back (moved too), its dockerd still dialling the managers' old
 //!    addresses, is given the last rules until Docker sees it, and the
 //!    recovery ends with it Ready and no rule left.
 //!
@@ -232,6 +233,34 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     .expect("clean-up names the worker it waits for");
     say(format!(
         "+{:.1}s clean-up waits: {waiting}",
+        moved_at.elapsed().as_secs_f64()
+    ));
+    // Once Docker declares w2 down, every other node is clean and nothing is
+    // left for the raised heartbeat to protect: it goes back to 5 s while
+    // clean-up still waits.
+    let put_back = wait_for(
+        "the heartbeat back to 5 s while clean-up waits for w2, down",
+        Duration::from_secs(180),
+        Duration::from_secs(2),
+        || {
+            let Some((_, m, line)) = recovery::timelines(&lab, &run.managers)
+                .into_iter()
+                .find(|(_, _, l)| l.contains("heartbeat back to 5s (clean-up waits only for w2"))
+            else {
+                return Ok(None);
+            };
+            let period = lab
+                .sh(
+                    "m1",
+                    "docker info --format '{{json .Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}'",
+                )
+                .unwrap_or_default();
+            Ok((period.trim() == "5000000000").then(|| format!("{m}: {line}")))
+        },
+    )
+    .expect("the heartbeat goes back while only a down node holds clean-up back");
+    say(format!(
+        "+{:.1}s {put_back}",
         moved_at.elapsed().as_secs_f64()
     ));
     let started = recovery::unix_ms(std::time::SystemTime::now()) / 1000;
