@@ -3,7 +3,7 @@
 //! `iptables-restore --noflush` (one transaction).
 
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::protocol::Rewrite;
 use crate::rules::{self, NatState, Ports};
@@ -26,23 +26,43 @@ pub trait Netfilter: Send + Sync {
 
 /// The real one: the `iptables` crate to read, `iptables-restore` to write.
 pub struct Iptables {
-    ipt: iptables::IPTables,
+    ipt: Arc<iptables::IPTables>,
 }
 
 impl Iptables {
     pub fn new() -> Result<Self, NetfilterError> {
         let ipt =
             iptables::new(false).map_err(|e| NetfilterError::Read(format!("iptables: {e}")))?;
-        Ok(Iptables { ipt })
+        Ok(Iptables { ipt: Arc::new(ipt) })
     }
 }
 
 impl Netfilter for Iptables {
+    /// The crate runs `iptables` with no time limit (and `--wait` for the
+    /// xtables lock), so the read runs on its own thread and is given up
+    /// after [`crate::bounded::LIMIT`]: a held lock must not hold every
+    /// later set back. The thread and its `iptables` are left to finish.
     fn nat_rules(&self) -> Result<String, NetfilterError> {
-        self.ipt
-            .list_table(rules::TABLE)
-            .map(|lines| lines.join("\n"))
-            .map_err(|e| NetfilterError::Read(e.to_string()))
+        let ipt = Arc::clone(&self.ipt);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("iptables-read".into())
+            .spawn(move || {
+                let listed = ipt
+                    .list_table(rules::TABLE)
+                    .map(|lines| lines.join("\n"))
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(listed);
+            })
+            .map_err(|e| NetfilterError::Read(format!("could not start a thread: {e}")))?;
+        match rx.recv_timeout(crate::bounded::LIMIT) {
+            Ok(listed) => listed.map_err(NetfilterError::Read),
+            Err(_) => Err(NetfilterError::Read(format!(
+                "`iptables -t {} -S` did not finish within {}s (is the xtables lock held?)",
+                rules::TABLE,
+                crate::bounded::LIMIT.as_secs()
+            ))),
+        }
     }
 
     fn restore(&self, batch: &str) -> Result<(), NetfilterError> {
