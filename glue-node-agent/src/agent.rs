@@ -32,11 +32,29 @@ pub struct Agent {
     store: StateStore,
     state: Mutex<AgentState>,
     /// One application to the kernel at a time, always of the newest desired
-    /// state. Holds the set this agent last saw in force (none before its
-    /// first apply), to tell a change it makes from rules altered under it.
-    applying: Mutex<Option<Vec<Rewrite>>>,
+    /// state. Holds what this agent last saw (none before its first apply).
+    applying: Mutex<Option<LastSeen>>,
     nf: Box<dyn Netfilter>,
     resetter: Box<dyn Resetter>,
+}
+
+/// What the agent saw at its last apply or check.
+struct LastSeen {
+    /// The set in force: tells a change the agent makes from rules altered
+    /// under it.
+    rewrites: Vec<Rewrite>,
+    /// This host's IPv4 addresses (`None`: could not be read).
+    local: Option<BTreeSet<Ipv4Addr>>,
+}
+
+/// This host's IPv4 addresses (of the network namespace the caller runs in).
+fn local_ipv4() -> Option<BTreeSet<Ipv4Addr>> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    Some(
+        addrs
+            .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())))
+            .collect(),
+    )
 }
 
 /// What handling one request produced: the HTTP status and the signed reply,
@@ -297,35 +315,57 @@ impl Agent {
 
     /// Puts the newest desired set in force, then ends the connections still
     /// pending a reset, and those to addresses whose rule differs from the
-    /// set last in force. After a repair (rules altered under the agent:
-    /// a firewall reload, a reboot) it ends those to every rewritten address,
-    /// since flows set up meanwhile bypassed the rewrite. Connections through
-    /// a rule that stayed the same are left alone. Returns whether the kernel
-    /// had to change.
+    /// set last in force. Connections through a rule that stayed the same
+    /// are left alone, unless:
+    /// - the rules were altered under the agent (a firewall reload, a
+    ///   reboot), or this is its first apply since it started: flows set up
+    ///   meanwhile may have bypassed the rewrite;
+    /// - this host lost an address since the last apply or check (it moved):
+    ///   its connections from that address are dead, and dockerd keeps
+    ///   sending on them (a lab manager that came back and then moved had
+    ///   its raft replies to the leader time out for 90 s on one).
+    ///
+    /// Then connections to every rewritten address end. Returns whether the
+    /// kernel had to change.
     fn enforce(&self) -> Result<bool, String> {
         let waited = std::time::Instant::now();
-        let mut last_in_force = self.applying.lock().map_err(|_| "apply lock poisoned")?;
+        let mut last = self.applying.lock().map_err(|_| "apply lock poisoned")?;
         let started = std::time::Instant::now();
         let desired = self.state();
+        let local = local_ipv4();
         let applied = netfilter::apply(
             self.nf.as_ref(),
             &desired.rewrites,
-            last_in_force.as_deref(),
+            last.as_ref().map(|l| l.rewrites.as_slice()),
             &self.ports,
         )
         .map_err(|e| e.to_string())?;
+        let lost: Vec<Ipv4Addr> = match (last.as_ref().and_then(|l| l.local.as_ref()), &local) {
+            (Some(before), Some(now)) => before.difference(now).copied().collect(),
+            _ => Vec::new(),
+        };
         let mut olds: BTreeSet<Ipv4Addr> = desired.pending_reset.iter().copied().collect();
-        match (applied, last_in_force.as_deref()) {
+        let every = desired.rewrites.iter().map(|r| r.from);
+        match (applied, last.as_ref()) {
             (netfilter::Applied::AlreadyInForce, _) => {}
             (netfilter::Applied::Changed, Some(before)) => {
-                olds.extend(rewritten_differently(before, &desired.rewrites));
+                olds.extend(rewritten_differently(&before.rewrites, &desired.rewrites));
             }
             // A repair, or the first apply since the agent started (after a
             // reboot, say): what went through meanwhile is not known.
-            _ => olds.extend(desired.rewrites.iter().map(|r| r.from)),
+            _ => olds.extend(every.clone()),
+        }
+        if !lost.is_empty() && !desired.rewrites.is_empty() {
+            tracing::info!(
+                "this host no longer has {lost:?}: ending its connections to every rewritten address"
+            );
+            olds.extend(every);
         }
         let changed = applied != netfilter::Applied::AlreadyInForce;
-        *last_in_force = Some(desired.rewrites.clone());
+        *last = Some(LastSeen {
+            rewrites: desired.rewrites.clone(),
+            local,
+        });
         let kernel = started.elapsed();
         // Where a slow apply spent its time (a manager waits 2 s for the
         // answer to a set).

@@ -156,6 +156,37 @@ fn a_connection_through_a_rule_that_stays_outlives_a_new_set_and_ends_when_its_r
 }
 
 #[test]
+fn a_connection_from_an_address_this_host_lost_is_aborted_even_through_a_rule_that_stays() {
+    let p = pair();
+    let fx = Fixture::new();
+    let agent = p.agent(&fx);
+    let swarm = p
+        .peer
+        .run(|| TcpListener::bind((NEW, 2377)))
+        .expect("listen NEW:2377");
+    p.peer_moves();
+    p.send(&agent, &fx.set(1, 1, &[(OLD, NEW)]));
+    let mut c = connect(&p.node, (OLD, 2377).into(), Duration::from_secs(3))
+        .expect("OLD:2377 is redirected to NEW:2377");
+    let (_s, _) = swarm.accept().expect("accept");
+    c.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+
+    // This host moves too: the connection's local address is gone, so it is
+    // dead, though the rule it goes through stays the same.
+    p.node_moves(Ipv4Addr::new(10, 99, 2, 3));
+    let other = (Ipv4Addr::new(10, 99, 1, 12), Ipv4Addr::new(10, 99, 2, 33));
+    p.send(&agent, &fx.set(2, 2, &[(OLD, NEW), other]));
+    let mut buf = [0u8; 1];
+    match c.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+        other => panic!(
+            "the connection from the address this host lost should be aborted, read gave {other:?}"
+        ),
+    }
+}
+
+#[test]
 fn the_same_set_twice_changes_nothing_and_the_empty_set_leaves_no_trace() {
     let p = pair();
     let fx = Fixture::new();

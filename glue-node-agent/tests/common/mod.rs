@@ -175,6 +175,31 @@ impl Netns {
         sh(&full);
     }
 
+    /// Removes `addr` from the interface that has it; returns the interface.
+    pub fn give_up(&self, addr: Ipv4Addr) -> String {
+        let shown = self.exec(&[
+            "ip",
+            "-o",
+            "-4",
+            "addr",
+            "show",
+            "to",
+            &format!("{addr}/32"),
+        ]);
+        let dev = shown
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("{} has no {addr}", self.name))
+            .to_string();
+        let prefix = shown
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{addr}/")))
+            .unwrap_or("32")
+            .to_string();
+        self.ip(&["addr", "del", &format!("{addr}/{prefix}"), "dev", &dev]);
+        dev
+    }
+
     pub fn exec(&self, args: &[&str]) -> String {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
@@ -217,16 +242,15 @@ pub fn pair() -> Pair {
 impl Pair {
     /// The peer gives up its old address, as a moved manager does.
     pub fn peer_moves(&self) {
-        let dev = self
-            .peer
-            .exec(&["ip", "-o", "-4", "addr", "show", "to", &format!("{OLD}/32")]);
-        let dev = dev
-            .split_whitespace()
-            .nth(1)
-            .expect("peer has OLD")
-            .to_string();
-        self.peer
-            .ip(&["addr", "del", &format!("{OLD}/32"), "dev", &dev]);
+        self.peer.give_up(OLD);
+    }
+
+    /// The node gives up its address too, as a host that moved; a new one
+    /// takes its place.
+    pub fn node_moves(&self, to: Ipv4Addr) {
+        let dev = self.node.give_up(NODE_ADDR);
+        self.node
+            .ip(&["addr", "add", &format!("{to}/24"), "dev", &dev]);
     }
 
     pub fn agent(&self, fx: &Fixture) -> Agent {
