@@ -949,6 +949,9 @@ fn unlink_script(addr: Ipv4Addr) -> String {
 
 /// Brings the interface carrying `addr` up as `eth0` with a default route, as
 /// a host's network configuration would after being plugged into a new network.
+/// No temporary file: right after a node starts, systemd-tmpfiles empties
+/// /tmp (Debian's `D /tmp`), and once took the script's file away between
+/// two of its lines (a CI run: `cat: /tmp/hosts.lab: No such file or directory`).
 fn relink_script(addr: Ipv4Addr, gateway: Ipv4Addr) -> String {
     format!(
         r#"ifc=$(ip -o -4 addr show | awk '$4 ~ "^{addr}/" {{print $2; exit}}')
@@ -960,9 +963,8 @@ fi
 ip link set dev eth0 up
 ip route replace default via {gateway} dev eth0
 h=$(hostname)
-{{ grep -v -w -e "$h" /etc/hosts || true; echo "{addr}	$h"; }} > /tmp/hosts.lab
-cat /tmp/hosts.lab > /etc/hosts
-rm -f /tmp/hosts.lab
+others=$(grep -v -w -e "$h" /etc/hosts || true)
+printf '%s\n%s\t%s\n' "$others" "{addr}" "$h" > /etc/hosts
 "#
     )
 }
