@@ -390,6 +390,19 @@ impl Agent {
         let errors = reset::reset_after_change(self.resetter.as_ref(), olds.iter().copied());
         slow(resetting.elapsed());
         if !errors.is_empty() {
+            // Owed until done, whatever asked for them (a repair, a lost
+            // address): the next check, or a restart, retries them all.
+            if let Ok(mut state) = self.state.lock() {
+                let owed: BTreeSet<Ipv4Addr> =
+                    state.pending_reset.iter().chain(&olds).copied().collect();
+                if owed.len() != state.pending_reset.len() {
+                    let mut next = state.clone();
+                    next.pending_reset = owed.into_iter().collect();
+                    if let Err(r) = self.commit(&mut state, next) {
+                        tracing::warn!("{}", r.reason);
+                    }
+                }
+            }
             let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
             return Err(format!(
                 "rules are in force but stale connections remain (retried at the next check): {}",

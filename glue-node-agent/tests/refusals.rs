@@ -304,3 +304,46 @@ fn a_failed_reset_stays_pending_and_is_retried_even_after_a_restart() {
             .expect("json");
     assert_eq!(state["pending_reset"], serde_json::json!([]), "{state}");
 }
+
+/// Fails its second `kill_sockets_to`, records the others like `Rs`.
+struct FailsSecond(Arc<Calls>, std::sync::atomic::AtomicUsize);
+impl Resetter for FailsSecond {
+    fn kill_sockets_to(&self, addrs: &[Ipv4Addr]) -> Result<(), ResetError> {
+        if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            return Err(ResetError::Failed {
+                command: "ss -K".into(),
+                reason: "simulated failure".into(),
+            });
+        }
+        self.0.resets.lock().expect("lock").extend_from_slice(addrs);
+        Ok(())
+    }
+    fn forget_flows_to(&self, _: &[Ipv4Addr]) -> Vec<ResetError> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_reset_that_a_repair_asked_for_stays_owed_when_it_fails() {
+    let fx = Fixture::new();
+    let calls = Arc::new(Calls::default());
+    let resetter = FailsSecond(calls.clone(), std::sync::atomic::AtomicUsize::new(0));
+    let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(resetter));
+    let handled = agent.handle(&fx.set(1, 1, &[(OLD, NEW)]), now());
+    assert_eq!(handled.http_status, 200, "{}", handled.log);
+    let owed = || -> serde_json::Value {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(agent.state_path()).expect("state"))
+                .expect("json");
+        state["pending_reset"].clone()
+    };
+    assert_eq!(owed(), serde_json::json!([]));
+    // The recorded kernel never holds the set, as if someone flushed it after
+    // every apply: each check is a repair. The first one's reset fails...
+    assert!(agent.reassert().is_err());
+    assert_eq!(owed(), serde_json::json!([OLD.to_string()]));
+    // ...and stays owed until a check pays it.
+    agent.reassert().expect("reassert");
+    assert_eq!(owed(), serde_json::json!([]));
+    assert_eq!(*calls.resets.lock().expect("lock"), vec![OLD, OLD]);
+}
