@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{pair, Fixture, Netns, NEW, NODE_ADDR, OLD};
+use common::{pair, Fixture, Netns, Pair, NEW, NODE_ADDR, OLD};
+use glue_node_agent::agent::Agent;
 use glue_node_agent::protocol::Outcome;
 
 fn connect(node: &Netns, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
@@ -108,25 +109,32 @@ fn an_established_connection_to_an_old_address_is_aborted_when_the_set_arrives()
     }
 }
 
-#[test]
-fn a_connection_through_a_rule_that_stays_outlives_a_new_set_and_ends_when_its_rule_goes() {
-    let p = pair();
-    let fx = Fixture::new();
-    let agent = p.agent(&fx);
+/// The peer moves, the set {OLD→NEW} comes, and the node connects to
+/// OLD:2377: the client and server ends, both with a 3 s read timeout.
+fn through_old_to_new(p: &Pair, fx: &Fixture, agent: &Agent) -> (TcpStream, TcpStream) {
     let swarm = p
         .peer
         .run(|| TcpListener::bind((NEW, 2377)))
         .expect("listen NEW:2377");
     p.peer_moves();
-    p.send(&agent, &fx.set(1, 1, &[(OLD, NEW)]));
-    let mut c = connect(&p.node, (OLD, 2377).into(), Duration::from_secs(3))
+    p.send(agent, &fx.set(1, 1, &[(OLD, NEW)]));
+    let c = connect(&p.node, (OLD, 2377).into(), Duration::from_secs(3))
         .expect("OLD:2377 is redirected to NEW:2377");
-    let (mut s, _) = swarm.accept().expect("accept");
+    let (s, _) = swarm.accept().expect("accept");
     for stream in [&c, &s] {
         stream
             .set_read_timeout(Some(Duration::from_secs(3)))
             .expect("timeout");
     }
+    (c, s)
+}
+
+#[test]
+fn a_connection_through_a_rule_that_stays_outlives_a_new_set_and_ends_when_its_rule_goes() {
+    let p = pair();
+    let fx = Fixture::new();
+    let agent = p.agent(&fx);
+    let (mut c, mut s) = through_old_to_new(&p, &fx, &agent);
 
     // Another manager's move becomes known: its rule is added, OLD's stays.
     let other = (Ipv4Addr::new(10, 99, 1, 12), Ipv4Addr::new(10, 99, 2, 33));
@@ -160,17 +168,7 @@ fn a_connection_from_an_address_this_host_lost_is_aborted_even_through_a_rule_th
     let p = pair();
     let fx = Fixture::new();
     let agent = p.agent(&fx);
-    let swarm = p
-        .peer
-        .run(|| TcpListener::bind((NEW, 2377)))
-        .expect("listen NEW:2377");
-    p.peer_moves();
-    p.send(&agent, &fx.set(1, 1, &[(OLD, NEW)]));
-    let mut c = connect(&p.node, (OLD, 2377).into(), Duration::from_secs(3))
-        .expect("OLD:2377 is redirected to NEW:2377");
-    let (_s, _) = swarm.accept().expect("accept");
-    c.set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout");
+    let (mut c, _s) = through_old_to_new(&p, &fx, &agent);
 
     // This host moves too: the connection's local address is gone, so it is
     // dead, though the rule it goes through stays the same.

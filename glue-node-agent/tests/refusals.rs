@@ -254,11 +254,12 @@ fn a_key_removed_from_the_trust_directory_is_refused_from_then_on() {
     );
 }
 
-/// Fails its first `kill_sockets_to`, then records like `Rs`.
-struct FlakyRs(Arc<Calls>, std::sync::atomic::AtomicBool);
+/// Fails its `kill_sockets_to` call number `.2` (from 0), records the
+/// others like `Rs`.
+struct FlakyRs(Arc<Calls>, std::sync::atomic::AtomicUsize, usize);
 impl Resetter for FlakyRs {
     fn kill_sockets_to(&self, addrs: &[Ipv4Addr]) -> Result<(), ResetError> {
-        if !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == self.2 {
             return Err(ResetError::Failed {
                 command: "ss -K".into(),
                 reason: "simulated failure".into(),
@@ -276,7 +277,7 @@ impl Resetter for FlakyRs {
 fn a_failed_reset_stays_pending_and_is_retried_even_after_a_restart() {
     let fx = Fixture::new();
     let calls = Arc::new(Calls::default());
-    let flaky = FlakyRs(calls.clone(), std::sync::atomic::AtomicBool::new(false));
+    let flaky = FlakyRs(calls.clone(), std::sync::atomic::AtomicUsize::new(0), 0);
     let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(flaky));
     let handled = agent.handle(&fx.set(1, 1, &[(OLD, NEW)]), now());
     assert!(
@@ -305,29 +306,11 @@ fn a_failed_reset_stays_pending_and_is_retried_even_after_a_restart() {
     assert_eq!(state["pending_reset"], serde_json::json!([]), "{state}");
 }
 
-/// Fails its second `kill_sockets_to`, records the others like `Rs`.
-struct FailsSecond(Arc<Calls>, std::sync::atomic::AtomicUsize);
-impl Resetter for FailsSecond {
-    fn kill_sockets_to(&self, addrs: &[Ipv4Addr]) -> Result<(), ResetError> {
-        if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            return Err(ResetError::Failed {
-                command: "ss -K".into(),
-                reason: "simulated failure".into(),
-            });
-        }
-        self.0.resets.lock().expect("lock").extend_from_slice(addrs);
-        Ok(())
-    }
-    fn forget_flows_to(&self, _: &[Ipv4Addr]) -> Vec<ResetError> {
-        Vec::new()
-    }
-}
-
 #[test]
 fn a_reset_that_a_repair_asked_for_stays_owed_when_it_fails() {
     let fx = Fixture::new();
     let calls = Arc::new(Calls::default());
-    let resetter = FailsSecond(calls.clone(), std::sync::atomic::AtomicUsize::new(0));
+    let resetter = FlakyRs(calls.clone(), std::sync::atomic::AtomicUsize::new(0), 1);
     let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(resetter));
     let handled = agent.handle(&fx.set(1, 1, &[(OLD, NEW)]), now());
     assert_eq!(handled.http_status, 200, "{}", handled.log);
