@@ -323,7 +323,8 @@ impl Agent {
     /// - this host lost an address since the last apply or check (it moved):
     ///   its connections from that address are dead, and dockerd keeps
     ///   sending on them (a lab manager that came back and then moved had
-    ///   its raft replies to the leader time out for 90 s on one).
+    ///   every raft message to the leader fail on one, for the 4 minutes
+    ///   until the lab was torn down).
     ///
     /// Then connections to every rewritten address end. Returns whether the
     /// kernel had to change.
@@ -386,36 +387,38 @@ impl Agent {
             slow(std::time::Duration::ZERO);
             return Ok(changed);
         }
+        // Owed before it is tried, whatever asked for it (a set, a repair, a
+        // lost address): if the agent is killed or the reset fails, the
+        // next check, or a restart, retries it.
+        if let Err(e) = self.owe(|owed| owed.extend(&olds)) {
+            tracing::warn!("{e}");
+        }
         let resetting = std::time::Instant::now();
         let errors = reset::reset_after_change(self.resetter.as_ref(), olds.iter().copied());
         slow(resetting.elapsed());
         if !errors.is_empty() {
-            // Owed until done, whatever asked for them (a repair, a lost
-            // address): the next check, or a restart, retries them all.
-            if let Ok(mut state) = self.state.lock() {
-                let owed: BTreeSet<Ipv4Addr> =
-                    state.pending_reset.iter().chain(&olds).copied().collect();
-                if owed.len() != state.pending_reset.len() {
-                    let mut next = state.clone();
-                    next.pending_reset = owed.into_iter().collect();
-                    if let Err(r) = self.commit(&mut state, next) {
-                        tracing::warn!("{}", r.reason);
-                    }
-                }
-            }
             let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
             return Err(format!(
                 "rules are in force but stale connections remain (retried at the next check): {}",
                 msgs.join("; ")
             ));
         }
-        if !desired.pending_reset.is_empty() {
-            let mut state = self.state.lock().map_err(|_| "state lock poisoned")?;
-            let mut next = state.clone();
-            next.pending_reset.retain(|a| !olds.contains(a));
-            self.commit(&mut state, next).map_err(|r| r.reason)?;
-        }
+        self.owe(|owed| owed.retain(|a| !olds.contains(a)))?;
         Ok(changed)
+    }
+
+    /// Changes the addresses owed a reset, persisted (only when they change).
+    fn owe(&self, change: impl FnOnce(&mut BTreeSet<Ipv4Addr>)) -> Result<(), String> {
+        let mut state = self.state.lock().map_err(|_| "state lock poisoned")?;
+        let mut owed: BTreeSet<Ipv4Addr> = state.pending_reset.iter().copied().collect();
+        change(&mut owed);
+        let owed: Vec<Ipv4Addr> = owed.into_iter().collect();
+        if owed == state.pending_reset {
+            return Ok(());
+        }
+        let mut next = state.clone();
+        next.pending_reset = owed;
+        self.commit(&mut state, next).map_err(|r| r.reason)
     }
 
     /// Re-applies the desired set if something (a dockerd or firewalld

@@ -330,3 +330,43 @@ fn a_reset_that_a_repair_asked_for_stays_owed_when_it_fails() {
     assert_eq!(owed(), serde_json::json!([]));
     assert_eq!(*calls.resets.lock().expect("lock"), vec![OLD, OLD]);
 }
+
+/// Records, at each `kill_sockets_to`, what the state file says is owed: what
+/// a restart would find if the agent were killed right there.
+struct SeesOwed(
+    std::path::PathBuf,
+    Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+);
+impl Resetter for SeesOwed {
+    fn kill_sockets_to(&self, _: &[Ipv4Addr]) -> Result<(), ResetError> {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.0).expect("state")).expect("json");
+        self.1
+            .lock()
+            .expect("lock")
+            .push(state["pending_reset"].clone());
+        Ok(())
+    }
+    fn forget_flows_to(&self, _: &[Ipv4Addr]) -> Vec<ResetError> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_reset_is_owed_in_the_state_file_while_it_runs_and_paid_after() {
+    let fx = Fixture::new();
+    let calls = Arc::new(Calls::default());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let resetter = SeesOwed(fx.dir.join("state.json"), seen.clone());
+    let agent = fx.agent(Box::new(Nf(calls.clone())), Box::new(resetter));
+    let handled = agent.handle(&fx.set(1, 1, &[(OLD, NEW)]), now());
+    assert_eq!(handled.http_status, 200, "{}", handled.log);
+    // The recorded kernel never holds the set: this check is a repair,
+    // whose reset no set put in the state.
+    agent.reassert().expect("reassert");
+    let owed = serde_json::json!([OLD.to_string()]);
+    assert_eq!(*seen.lock().expect("lock"), vec![owed.clone(), owed]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.state_path()).expect("state")).expect("json");
+    assert_eq!(state["pending_reset"], serde_json::json!([]), "{state}");
+}
