@@ -84,18 +84,10 @@ impl RecoveryFile {
         if self.timeline.len() <= TIMELINE_MAX {
             return;
         }
-        if self.left_out == 0 {
-            // Two lines go the first time: one for the marker's place.
-            let first = self.timeline.remove(TIMELINE_HEAD);
-            self.timeline.remove(TIMELINE_HEAD);
-            self.timeline
-                .insert(TIMELINE_HEAD, (first.0, String::new()));
-            self.left_out = 2;
-        } else {
-            self.timeline.remove(TIMELINE_HEAD + 1);
-            self.left_out += 1;
-        }
-        // The marker keeps the time of the first line left out.
+        // The first time, the line after the head becomes the marker (it
+        // keeps that line's time) and the one after it goes: two left out.
+        self.left_out += if self.left_out == 0 { 2 } else { 1 };
+        self.timeline.remove(TIMELINE_HEAD + 1);
         self.timeline[TIMELINE_HEAD].1 = format!(
             "… {} lines left out here (journalctl -u glue-manager has every line)",
             self.left_out
