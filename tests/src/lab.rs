@@ -949,9 +949,10 @@ fn unlink_script(addr: Ipv4Addr) -> String {
 
 /// Brings the interface carrying `addr` up as `eth0` with a default route, as
 /// a host's network configuration would after being plugged into a new network.
-/// No temporary file: right after a node starts, systemd-tmpfiles empties
-/// /tmp (Debian's `D /tmp`), and once took the script's file away between
-/// two of its lines (a CI run: `cat: /tmp/hosts.lab: No such file or directory`).
+/// No temporary file: a CI run failed with `cat: /tmp/hosts.lab: No such
+/// file or directory` between two lines of the script, right after the node
+/// started. The likely cause, not caught in the act: the node image's
+/// systemd-tmpfiles empties /tmp at boot (`D /tmp`).
 fn relink_script(addr: Ipv4Addr, gateway: Ipv4Addr) -> String {
     format!(
         r#"ifc=$(ip -o -4 addr show | awk '$4 ~ "^{addr}/" {{print $2; exit}}')
