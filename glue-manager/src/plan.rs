@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use glue_node_agent::protocol::Rewrite;
+use glue_node_agent::protocol::{DockerdAddrs, Rewrite};
 use serde::{Deserialize, Serialize};
 
 use crate::memory::{Memory, Role};
@@ -37,6 +37,9 @@ pub struct AgentSeen {
     pub addr: Ipv4Addr,
     pub generation: u64,
     pub rewrites: Vec<Rewrite>,
+    /// What the agent last read of its node's dockerd (none from an older
+    /// agent, or before its first reading).
+    pub dockerd: Option<DockerdAddrs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +110,13 @@ pub enum Action {
         from: Ipv4Addr,
         to: Ipv4Addr,
     },
+    /// Restart `node`'s dockerd at `addr` with its state file's old
+    /// addresses replaced: it still gossips and tunnels from `stale`.
+    Restart {
+        node: String,
+        addr: Ipv4Addr,
+        stale: Vec<String>,
+    },
     /// One line of the recovery's timeline.
     Timeline(String),
 }
@@ -124,6 +134,9 @@ pub struct Plan {
     /// Nodes clean-up waits for because Docker sees them down: they keep the
     /// last rules until their dockerd reconnects.
     pub late: Vec<String>,
+    /// Nodes clean-up waits for because their dockerd still holds an old
+    /// address (what it holds): they keep the last rules until restarted.
+    pub stale: BTreeMap<String, Vec<String>>,
     /// Nodes whose address is known but whose agent did not say what it
     /// holds this round: told nothing (a set chosen without seeing theirs
     /// could replace a fuller one from another manager).
@@ -227,6 +240,46 @@ pub fn at_once(managers: usize) -> usize {
     managers.saturating_sub(3).clamp(1, 2)
 }
 
+/// The addresses `node`'s dockerd holds that this recovery moved away from
+/// (`old`), other than the node's address now, each as `Field addr`. A
+/// reading that failed says nothing: the node is judged at its next one.
+pub fn stale_dockerd(
+    seen: &AgentSeen,
+    old: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+    now: Option<Ipv4Addr>,
+) -> Vec<String> {
+    let Some(d) = seen.dockerd.as_ref().filter(|d| d.error.is_none()) else {
+        return Vec::new();
+    };
+    std::iter::once(("NodeAddr", d.node_addr.as_str()))
+        .chain(d.state.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .filter(|(_, v)| {
+            let host = v.rsplit_once(':').map_or(*v, |(h, _)| h);
+            host.parse::<Ipv4Addr>()
+                .is_ok_and(|a| old.contains_key(&a) && Some(a) != now)
+        })
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect()
+}
+
+/// Nodes whose dockerd still holds an old address, with what it holds.
+fn stale_nodes(
+    obs: &Observation,
+    old: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+    current: &BTreeMap<String, Ipv4Addr>,
+) -> BTreeMap<String, Vec<String>> {
+    obs.agents
+        .iter()
+        .map(|(id, seen)| {
+            (
+                id.clone(),
+                stale_dockerd(seen, old, current.get(id).copied()),
+            )
+        })
+        .filter(|(_, stale)| !stale.is_empty())
+        .collect()
+}
+
 fn fmt_map(map: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> String {
     map.iter()
         .map(|(a, b)| format!("{a}→{b}"))
@@ -304,6 +357,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             coordinator,
             no_address: Vec::new(),
             late: Vec::new(),
+            stale: BTreeMap::new(),
             unread: Vec::new(),
             held: None,
         };
@@ -335,8 +389,18 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                 (obs.now_ms - next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0
             )));
         }
-        if next.phase == Phase::Readdress {
-            if recorded_current(recorded) {
+        // Raft has every manager's new address; dockerd's gossip and tunnel
+        // addresses follow only a restart, so a node that still holds an
+        // old one is restarted (one at a time) before the rules go.
+        // Judged only on a round where every node up has said what it holds.
+        let stale = stale_nodes(obs, &next.map, &current);
+        let all_read = current
+            .keys()
+            .all(|id| *id == memory.node_id || obs.agents.contains_key(id));
+        if next.phase == Phase::Readdress && recorded_current(recorded) && !stale.is_empty() {
+            coordinator |= restart_first(obs, memory, &current, &stale, &mut actions);
+        } else if next.phase == Phase::Readdress {
+            if recorded_current(recorded) && all_read {
                 next.phase = Phase::CleanUp;
                 next.generation = (next.generation + 1).max(obs.now_ms);
                 next.last_map = std::mem::take(&mut next.map);
@@ -415,6 +479,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             coordinator,
             no_address: Vec::new(),
             late: Vec::new(),
+            stale: BTreeMap::new(),
             unread: Vec::new(),
             held,
         };
@@ -430,13 +495,25 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     let mut late = Vec::new();
     let mut unread = Vec::new();
     let late_map = late_map(&next, &current);
+    // A node back during clean-up (down through the recovery) may hold its
+    // old addresses too: it keeps the last rules until it is restarted.
+    let stale_late = if next.phase == Phase::CleanUp && matches!(obs.health, Health::Healthy { .. })
+    {
+        stale_nodes(obs, &next.last_map, &current)
+    } else {
+        BTreeMap::new()
+    };
+    if !stale_late.is_empty() {
+        coordinator |= restart_first(obs, memory, &current, &stale_late, &mut actions);
+    }
     for id in memory.nodes.keys() {
         let own = current.get(id).copied();
         // During clean-up a node Docker does not see (down through the
         // recovery, back now) still needs the rules to reach the managers:
         // clean-up waits until its dockerd has reconnected (and learnt the
         // managers' new addresses) before taking them away.
-        let is_late = next.phase == Phase::CleanUp && obs.not_ready.contains(id);
+        let is_late = next.phase == Phase::CleanUp
+            && (obs.not_ready.contains(id) || stale_late.contains_key(id));
         let want = if is_late {
             rewrites_for(&late_map, own)
         } else {
@@ -444,7 +521,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         };
         let seen = obs.agents.get(id);
         // Named once: as late when its agent answers, else as not heard.
-        if is_late && seen.is_some() {
+        if is_late && seen.is_some() && !stale_late.contains_key(id) {
             late.push(id.clone());
         }
         // The same set under another manager's generation is just as good.
@@ -502,9 +579,36 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         coordinator,
         no_address,
         late,
+        stale: stale_late,
         unread,
         held,
     }
+}
+
+/// The action restarting the first of the `stale` nodes whose address is
+/// known, if this manager coordinates it; whether it does.
+fn restart_first(
+    obs: &Observation,
+    memory: &Memory,
+    current: &BTreeMap<String, Ipv4Addr>,
+    stale: &BTreeMap<String, Vec<String>>,
+    actions: &mut Vec<Action>,
+) -> bool {
+    let Some((node, held, addr)) = stale
+        .iter()
+        .find_map(|(id, held)| Some((id, held, *current.get(id)?)))
+    else {
+        return false;
+    };
+    if coordinator(obs, memory, node) != memory.node_id {
+        return false;
+    }
+    actions.push(Action::Restart {
+        node: node.clone(),
+        addr,
+        stale: held.clone(),
+    });
+    true
 }
 
 /// Why a re-addressing step cannot start: the marks are unreadable, or
@@ -581,6 +685,7 @@ mod tests {
                 addr: ip(a),
                 generation: 0,
                 rewrites: Vec::new(),
+                dockerd: None,
             });
         }
         o
@@ -613,6 +718,7 @@ mod tests {
                                     to: ip(t),
                                 })
                                 .collect(),
+                            dockerd: None,
                         },
                     )
                 })
@@ -1315,5 +1421,165 @@ mod tests {
         two_left[2] = old[2];
         two_left[4] = old[4];
         assert_eq!(look("m3", &two_left, &[]), (true, vec!["m5".into()]));
+    }
+
+    /// Every node moved from 10.0.1.N to 10.0.2.N; Docker records every
+    /// manager's new address; m2 leads.
+    fn all_moved_and_recorded(me: &str) -> (Observation, BTreeMap<Ipv4Addr, Ipv4Addr>) {
+        let map: BTreeMap<Ipv4Addr, Ipv4Addr> = (1..=5)
+            .map(|i| (ip(&format!("10.0.1.{i}")), ip(&format!("10.0.2.{i}"))))
+            .collect();
+        let now = |n: &str| {
+            format!(
+                "10.0.2.{}",
+                n[1..].parse::<u8>().expect("n") + u8::from(n.starts_with('w')) * 3
+            )
+        };
+        let nodes = ["m1", "m2", "m3", "w1", "w2"];
+        let addrs: Vec<(&str, String)> = nodes.iter().map(|n| (*n, now(n))).collect();
+        let proven: Vec<(&str, &str)> = addrs
+            .iter()
+            .filter(|(n, _)| n.starts_with('m') && *n != me)
+            .map(|(n, a)| (*n, a.as_str()))
+            .collect();
+        let agents: Vec<Seen<'_>> = addrs
+            .iter()
+            .map(|(n, a)| (*n, a.as_str(), 5, &[][..]))
+            .collect();
+        let recorded: Vec<(&str, &str)> =
+            addrs[..3].iter().map(|(n, a)| (*n, a.as_str())).collect();
+        let mut o = obs(&now(me), &proven, &agents, healthy("m2", &recorded));
+        for (n, a) in &addrs {
+            o.agents.get_mut(*n).expect("agent").dockerd = Some(DockerdAddrs {
+                read_ms: 1,
+                node_addr: a.clone(),
+                state: BTreeMap::from([("AdvertiseAddr".into(), a.clone())]),
+                error: None,
+            });
+        }
+        (o, map)
+    }
+
+    fn restarts(p: &Plan) -> Vec<(String, Ipv4Addr, Vec<String>)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Restart { node, addr, stale } => Some((node.clone(), *addr, stale.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_whose_dockerd_holds_an_old_address_is_restarted_before_the_rules_go() {
+        let (mut o, map) = all_moved_and_recorded("m2");
+        let rec = Recovery {
+            map: map.clone(),
+            ..readdressing(5, &[])
+        };
+        // w1's dockerd still gossips from its old address (not restarted).
+        let w1 = o
+            .agents
+            .get_mut("w1")
+            .expect("w1")
+            .dockerd
+            .as_mut()
+            .expect("read");
+        w1.node_addr = "10.0.1.4".into();
+        w1.state.insert("ListenAddr".into(), "10.0.1.4:2377".into());
+        let p = plan(&o, &memory("m2"), &rec, PORT);
+        assert_eq!(p.next.phase, Phase::Readdress, "the rules stay");
+        assert_eq!(
+            restarts(&p),
+            [(
+                "w1".to_string(),
+                ip("10.0.2.4"),
+                vec![
+                    "NodeAddr 10.0.1.4".to_string(),
+                    "ListenAddr 10.0.1.4:2377".to_string()
+                ]
+            )]
+        );
+        assert!(p.coordinator, "the leader restarts it");
+        // Another manager waits for the leader.
+        let (mut o1, _) = all_moved_and_recorded("m1");
+        o1.agents.insert("w1".into(), o.agents["w1"].clone());
+        let p1 = plan(&o1, &memory("m1"), &rec, PORT);
+        assert_eq!(p1.next.phase, Phase::Readdress);
+        assert!(restarts(&p1).is_empty() && !p1.coordinator);
+        // Restarted: clean-up.
+        let (done, _) = all_moved_and_recorded("m2");
+        let past = |p: &Plan| matches!(p.next.phase, Phase::CleanUp | Phase::Idle);
+        let p2 = plan(&done, &memory("m2"), &rec, PORT);
+        assert!(past(&p2), "{:?}", p2.next.phase);
+        assert!(restarts(&p2).is_empty());
+        // A reading that failed says nothing either way; nor does an agent
+        // that reports no reading (an older agent).
+        let mut unread = done.clone();
+        unread.agents.get_mut("w1").expect("w1").dockerd = Some(DockerdAddrs {
+            read_ms: 2,
+            node_addr: String::new(),
+            state: BTreeMap::new(),
+            error: Some("GET /info: connection refused".into()),
+        });
+        unread.agents.get_mut("w2").expect("w2").dockerd = None;
+        assert!(past(&plan(&unread, &memory("m2"), &rec, PORT)));
+        // An address this node holds now is not stale, even if another
+        // node had it before (two hosts swapped).
+        let mut swapped = done.clone();
+        swapped.agents.get_mut("w1").expect("w1").addr = ip("10.0.1.5");
+        swapped
+            .agents
+            .get_mut("w1")
+            .expect("w1")
+            .dockerd
+            .as_mut()
+            .expect("read")
+            .node_addr = "10.0.1.5".into();
+        let mut swap_rec = rec.clone();
+        swap_rec.map.insert(ip("10.0.1.4"), ip("10.0.1.5"));
+        swap_rec.map.insert(ip("10.0.1.5"), ip("10.0.1.4"));
+        assert!(restarts(&plan(&swapped, &memory("m2"), &swap_rec, PORT)).is_empty());
+        // A manager not heard this round may still hold one: no clean-up.
+        let mut m3_silent = done.clone();
+        m3_silent.agents.remove("m3");
+        assert_eq!(
+            plan(&m3_silent, &memory("m2"), &rec, PORT).next.phase,
+            Phase::Readdress
+        );
+    }
+
+    #[test]
+    fn a_node_back_in_clean_up_with_old_addresses_keeps_the_rules_until_restarted() {
+        let (mut o, map) = all_moved_and_recorded("m2");
+        let rec = Recovery {
+            phase: Phase::CleanUp,
+            generation: 7,
+            last_map: map.clone(),
+            started_ms: Some(990_000),
+            quorum_ms: Some(995_000),
+            ..Recovery::default()
+        };
+        // w2 was down through the recovery; its dockerd came back pinned
+        // to its old address.
+        let w2 = o
+            .agents
+            .get_mut("w2")
+            .expect("w2")
+            .dockerd
+            .as_mut()
+            .expect("read");
+        w2.node_addr = "10.0.1.5".into();
+        w2.state.insert("AdvertiseAddr".into(), "10.0.1.5".into());
+        let p = plan(&o, &memory("m2"), &rec, PORT);
+        assert_eq!(p.next.phase, Phase::CleanUp, "not over");
+        assert_eq!(restarts(&p).len(), 1);
+        assert_eq!(restarts(&p)[0].0, "w2");
+        let w2_rules = &pushes(&p)["w2"];
+        assert!(
+            w2_rules.contains(&(ip("10.0.1.2"), ip("10.0.2.2"))),
+            "w2 keeps the rules: {w2_rules:?}"
+        );
+        assert!(pushes(&p).iter().all(|(n, r)| n == "w2" || r.is_empty()));
     }
 }

@@ -65,6 +65,17 @@ pub struct Target {
     pub hostname: String,
     pub from: Ipv4Addr,
     pub to: Ipv4Addr,
+    pub how: How,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum How {
+    /// Demote, restart dockerd with the new addresses, promote.
+    Manager,
+    /// Restart dockerd at `to` with the old addresses replaced, in place:
+    /// it still holds `stale` (gossip and tunnel addresses follow only a
+    /// restart).
+    Restart { stale: Vec<String> },
 }
 
 /// What re-addressing needs besides the target.
@@ -135,7 +146,12 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
             .map(|o| o.node.as_str())
             .collect();
         let promote = &promote;
-        async move { steps(env, t, promote, &others, settled).await }
+        async move {
+            match &t.how {
+                How::Manager => steps(env, t, promote, &others, settled).await,
+                How::Restart { stale } => restart_in_place(env, t, stale, settled).await,
+            }
+        }
     }))
     .await;
     if let Err(e) = docker.unlock(lease).await {
@@ -312,22 +328,13 @@ async fn steps(
             let given_up = gave_up.elapsed();
             tokio::time::sleep_until(settled.into()).await;
             let restart = Instant::now();
-            // Where the node finds the managers once it is back: every other
-            // manager where it is now, this one (up for sure) first.
-            let mut remotes: Vec<(String, Ipv4Addr)> = env
-                .managers
-                .iter()
-                .filter(|(id, _)| **id != t.node)
-                .map(|(id, a)| (id.clone(), *a))
-                .collect();
-            remotes.sort_by_key(|(id, _)| *id != env.ctx.manager_id);
             env.ctx
                 .ssh
                 .run(
                     &t.node,
                     &t.to.to_string(),
                     "patching docker-state.json and restarting dockerd",
-                    &restart_script(&env.map, &remotes),
+                    &restart_script(&env.map, &remotes(env, &t.node)),
                     b"",
                     RESTART_TIMEOUT,
                 )
@@ -406,6 +413,74 @@ async fn steps(
         ),
     );
     Ok(Outcome::Done)
+}
+
+/// Restarts the dockerd of a node that needs no role change (a worker)
+/// with its old addresses replaced, and waits until it is back in the
+/// swarm with its tasks running again. The node checks first whether its
+/// dockerd still holds an old address, so a step asked for on an old
+/// reading restarts nothing.
+async fn restart_in_place(
+    env: &Env,
+    t: &Target,
+    stale: &[String],
+    settled: Instant,
+) -> Result<Outcome, String> {
+    let name = &t.hostname;
+    tokio::time::sleep_until(settled.into()).await;
+    let started = Instant::now();
+    let out = env
+        .ctx
+        .ssh
+        .run(
+            &t.node,
+            &t.to.to_string(),
+            "restarting dockerd with its new addresses",
+            &restart_in_place_script(&env.map, &remotes(env, &t.node)),
+            b"",
+            RESTART_TIMEOUT,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.trim() == ALREADY_CURRENT {
+        return Ok(Outcome::Done);
+    }
+    let docker = &env.ctx.docker;
+    wait(&format!("{name} to be ready"), || async move {
+        let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
+        Ok(snap
+            .nodes
+            .iter()
+            .any(|n| n.id == t.node && n.state == "ready"))
+    })
+    .await?;
+    say(
+        env,
+        format!(
+            "restarted {name}'s dockerd at {} in {:.1}s (it held {}); {}",
+            t.to,
+            started.elapsed().as_secs_f64(),
+            stale.join(", "),
+            out.lines().last().unwrap_or_default().trim()
+        ),
+    );
+    Ok(Outcome::Done)
+}
+
+/// What the in-place restart prints when the node needed none.
+const ALREADY_CURRENT: &str = "dockerd already holds its current addresses";
+
+/// Where a restarted node finds the managers: every other manager where it
+/// is now, this one (up for sure) first.
+fn remotes(env: &Env, node: &str) -> Vec<(String, Ipv4Addr)> {
+    let mut remotes: Vec<(String, Ipv4Addr)> = env
+        .managers
+        .iter()
+        .filter(|(id, _)| *id != node)
+        .map(|(id, a)| (id.clone(), *a))
+        .collect();
+    remotes.sort_by_key(|(id, _)| *id != env.ctx.manager_id);
+    remotes
 }
 
 /// Prints `leader` when this manager's Docker answers a call that needs the
@@ -537,6 +612,39 @@ done
     )
 }
 
+/// [`restart_script`] for a node restarted in place, only if its dockerd
+/// still holds an address of `map` that the host no longer has (it prints
+/// [`ALREADY_CURRENT`] otherwise); then it waits up to 60 s for as many
+/// swarm tasks to run as before the restart.
+pub fn restart_in_place_script(
+    map: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+    remotes: &[(String, Ipv4Addr)],
+) -> String {
+    let old: Vec<String> = map.keys().map(Ipv4Addr::to_string).collect();
+    let fields = glue_node_agent::dockerd::STATE_FIELDS.join("|");
+    format!(
+        r#"set -eu
+root=$(docker info --format '{{{{.DockerRootDir}}}}')
+held="$(docker info --format '{{{{.Swarm.NodeAddr}}}}') $(grep -oE '"({fields})":"[0-9.]+' "$root/swarm/docker-state.json" | cut -d'"' -f4 || true)"
+stale=
+for a in $held; do
+  case " {old} " in *" $a "*) ip -4 -o addr show | grep -q "inet $a/" || stale="$stale $a";; esac
+done
+[ -n "$stale" ] || {{ echo '{ALREADY_CURRENT}'; exit 0; }}
+tasks=$(docker ps -q --filter label=com.docker.swarm.task.id | wc -l)
+{restart}
+i=0
+while [ "$(docker ps -q --filter label=com.docker.swarm.task.id | wc -l)" -lt "$tasks" ]; do
+  i=$((i+1)); [ $i -lt 120 ] || {{ echo "not all of its $tasks tasks run again after 60s"; exit 0; }}
+  sleep 0.5
+done
+echo "its $tasks tasks run again"
+"#,
+        old = old.join(" "),
+        restart = restart_script(map, remotes),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,5 +751,89 @@ mod tests {
         sh(&["-n", "-c", &whole]);
         // No manager known: the file is left as it is.
         assert!(!restart_script(&BTreeMap::new(), &[]).contains("printf '%s' '["));
+    }
+
+    /// Runs the in-place restart with fake `docker`, `ip` and `systemctl`
+    /// (real sh and sed) on a node that advertises `node_addr` and has
+    /// `host`; what it printed and what systemctl was asked.
+    fn run_in_place(node_addr: &str, host: &str, state: &str) -> (String, String, String) {
+        let dir =
+            std::env::temp_dir().join(format!("sg-restart-{}-{}", std::process::id(), node_addr));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(dir.join("swarm")).expect("dirs");
+        std::fs::create_dir_all(&bin).expect("bin");
+        std::fs::write(dir.join("swarm/docker-state.json"), state).expect("state");
+        let fake = |name: &str, body: &str| {
+            let p = bin.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("fake");
+            sh(&["-c", &format!("chmod +x {}", p.display())]);
+        };
+        fake(
+            "docker",
+            &format!(
+                "case \"$*\" in *DockerRootDir*) echo {};; *NodeAddr*) echo {node_addr};; *LocalNodeState*) echo active;; esac",
+                dir.display()
+            ),
+        );
+        fake(
+            "ip",
+            &format!("echo '2: eth0    inet {host}/24 brd 10.0.2.255 scope global eth0'"),
+        );
+        fake(
+            "systemctl",
+            &format!("echo \"$*\" >> {}/systemctl.log", dir.display()),
+        );
+        let map = BTreeMap::from([
+            (ip("10.0.1.4"), ip("10.0.2.4")),
+            (ip("10.0.1.1"), ip("10.0.2.1")),
+        ]);
+        let script = restart_in_place_script(&map, &[("m1".to_string(), ip("10.0.2.1"))]);
+        let path = format!("{}:/usr/bin:/bin", bin.display());
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("PATH", path)
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let asked = std::fs::read_to_string(dir.join("systemctl.log")).unwrap_or_default();
+        let after = std::fs::read_to_string(dir.join("swarm/docker-state.json")).expect("state");
+        let _ = std::fs::remove_dir_all(&dir);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            asked,
+            after,
+        )
+    }
+
+    #[test]
+    fn a_node_is_restarted_in_place_only_while_its_dockerd_holds_an_old_address() {
+        let state =
+            r#"{"RemoteAddr":"10.0.1.1:2377","AdvertiseAddr":"10.0.1.4","DataPathAddr":""}"#;
+        // Still gossiping from the address it lost: patched and restarted.
+        let (out, asked, after) = run_in_place("10.0.1.4", "10.0.2.4", state);
+        assert!(
+            asked.starts_with("stop docker.socket docker.service\nstart"),
+            "{asked}"
+        );
+        assert_eq!(
+            after,
+            r#"{"RemoteAddr":"10.0.2.1:2377","AdvertiseAddr":"10.0.2.4","DataPathAddr":""}"#
+        );
+        assert!(out.contains("its 0 tasks run again"), "{out}");
+        // Restarted already (an old reading asked again): nothing touched.
+        let fresh = r#"{"RemoteAddr":"10.0.2.1:2377","AdvertiseAddr":"10.0.2.4"}"#;
+        let (out, asked, after) = run_in_place("10.0.2.4", "10.0.2.4", fresh);
+        assert_eq!(out.trim(), ALREADY_CURRENT);
+        assert_eq!(asked, "");
+        assert_eq!(after, fresh);
+        // An old address pinned in the state file alone is enough.
+        let pinned = r#"{"ListenAddr":"10.0.1.4:2377","AdvertiseAddr":"10.0.2.4"}"#;
+        let (_, asked, after) = run_in_place("10.0.2.4", "10.0.2.4", pinned);
+        assert!(asked.starts_with("stop"), "{asked}");
+        assert!(after.contains(r#""ListenAddr":"10.0.2.4:2377""#), "{after}");
     }
 }

@@ -204,6 +204,13 @@ struct Candidate {
 const MAX_PROOF_FAILURES: u32 = 5;
 const PROOF_RETRY: Duration = Duration::from_secs(4);
 
+fn hostname_of(memory: &Memory, node: &str) -> String {
+    memory
+        .nodes
+        .get(node)
+        .map_or_else(|| node.to_string(), |n| n.hostname.clone())
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -786,14 +793,20 @@ impl Recoverer {
                 }
                 Action::Readdress { node, from, to } => {
                     batch.push(readdress::Target {
-                        hostname: memory
-                            .nodes
-                            .get(&node)
-                            .map(|n| n.hostname.clone())
-                            .unwrap_or_else(|| node.clone()),
+                        hostname: hostname_of(memory, &node),
                         node,
                         from,
                         to,
+                        how: readdress::How::Manager,
+                    });
+                }
+                Action::Restart { node, addr, stale } => {
+                    batch.push(readdress::Target {
+                        hostname: hostname_of(memory, &node),
+                        node,
+                        from: addr,
+                        to: addr,
+                        how: readdress::How::Restart { stale },
                     });
                 }
             }
@@ -815,10 +828,13 @@ impl Recoverer {
             for (id, (_, to)) in &obs.pending {
                 managers.entry(id.clone()).or_insert(*to);
             }
+            // Clean-up keeps the recovery's map as the last one.
+            let mut map = p.next.last_map.clone();
+            map.extend(p.next.map.iter().map(|(a, b)| (*a, *b)));
             let env = readdress::Env {
                 ctx: ctx.clone(),
                 managers,
-                map: p.next.map.clone(),
+                map,
                 say: self.say_tx.clone(),
             };
             let name = batch
@@ -863,6 +879,7 @@ impl Recoverer {
             .no_address
             .iter()
             .chain(&p.late)
+            .chain(p.stale.keys())
             .chain(&p.unread)
             .collect();
         let mut waiting: Vec<String> = p
@@ -873,6 +890,13 @@ impl Recoverer {
                 format!(
                     "{} (Docker sees it down; it keeps the last rules until it reconnects)",
                     hostname(n)
+                )
+            }))
+            .chain(p.stale.iter().map(|(n, held)| {
+                format!(
+                    "{} (its dockerd still holds {}; it keeps the last rules until restarted)",
+                    hostname(n),
+                    held.join(", ")
                 )
             }))
             .chain(p.unread.iter().map(|n| {
@@ -1013,6 +1037,7 @@ impl Recoverer {
                     addr,
                     generation: st.generation,
                     rewrites: st.rewrites,
+                    dockerd: st.dockerd,
                 },
             );
         }
@@ -1058,6 +1083,7 @@ impl Recoverer {
                         addr,
                         generation: s.generation,
                         rewrites: s.rewrites,
+                        dockerd: s.dockerd,
                     },
                 );
             }

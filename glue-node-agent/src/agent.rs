@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::dockerd::DockerdWatch;
 use crate::netfilter::{self, Netfilter};
 use crate::protocol::{
     open_command, AgentStatus, CommandBody, CommandContext, Outcome, PublicKey, Refusal,
@@ -36,6 +37,9 @@ pub struct Agent {
     applying: Mutex<Option<LastSeen>>,
     nf: Box<dyn Netfilter>,
     resetter: Box<dyn Resetter>,
+    /// This node's dockerd, reported in every status (none in tests that
+    /// have no dockerd).
+    dockerd: Option<DockerdWatch>,
 }
 
 /// What the agent saw at its last apply or check.
@@ -96,9 +100,16 @@ impl Agent {
                 applying: Mutex::new(None),
                 nf,
                 resetter,
+                dockerd: None,
             },
             loaded,
         ))
+    }
+
+    /// Reports what `watch` reads of this node's dockerd in every status.
+    pub fn with_dockerd(mut self, watch: DockerdWatch) -> Self {
+        self.dockerd = Some(watch);
+        self
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -122,6 +133,10 @@ impl Agent {
                 .unwrap_or(false),
             rewrites: state.rewrites,
             trusted_keys: load_trust_dir(&self.trust_dir).0.len(),
+            dockerd: self
+                .dockerd
+                .as_ref()
+                .and_then(|d| d.current(crate::unix_ms())),
         }
     }
 

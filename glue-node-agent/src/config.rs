@@ -29,6 +29,8 @@ pub struct Config {
     /// The swarm's ports that rewrites apply to.
     pub tcp_ports: Vec<u16>,
     pub udp_ports: Vec<u16>,
+    /// The Docker socket, read (`GET /info`) for the addresses dockerd holds.
+    pub docker_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -43,6 +45,7 @@ impl Default for Config {
             reassert_interval_s: 10,
             tcp_ports: ports.tcp,
             udp_ports: ports.udp,
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
         }
     }
 }

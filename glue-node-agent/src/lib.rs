@@ -15,6 +15,7 @@ pub const VERSION: &str = concat!(
 pub mod agent;
 pub mod bounded;
 pub mod config;
+pub mod dockerd;
 pub mod logging;
 pub mod netfilter;
 pub mod protocol;
@@ -22,3 +23,10 @@ pub mod reset;
 pub mod rules;
 pub mod server;
 pub mod state;
+
+/// Unix time in milliseconds (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use glue_node_agent::agent::{load_trust_dir, Agent, Identity, Setup};
 use glue_node_agent::config::{self, Config};
+use glue_node_agent::dockerd::{DockerSocket, DockerdWatch};
 use glue_node_agent::netfilter::{self, Iptables};
 use glue_node_agent::protocol::SigningKey;
 use glue_node_agent::reset::Kernel;
@@ -102,6 +103,9 @@ fn build_agent(cfg: &Config) -> anyhow::Result<Agent> {
         state_path: cfg.state_path(),
     };
     let (agent, loaded) = Agent::new(setup, Box::new(Iptables::new()?), Box::new(Kernel))?;
+    let agent = agent.with_dockerd(DockerdWatch::new(Arc::new(DockerSocket {
+        socket: cfg.docker_socket.clone(),
+    })));
     if let Loaded::CorruptMovedTo(aside) = &loaded {
         tracing::error!(
             "state file {} was corrupt; moved it to {} and started with no rewrites",
@@ -262,6 +266,28 @@ fn status(cfg: &Config) -> anyhow::Result<()> {
     }
     for r in &state.rewrites {
         println!("  rewrite     {} -> {}", r.from, r.to);
+    }
+    let d = DockerdWatch::read_now(&DockerSocket {
+        socket: cfg.docker_socket.clone(),
+    });
+    match d.error {
+        Some(e) => println!("  dockerd     not read: {e}"),
+        None => {
+            let pinned: Vec<String> = d.state.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "  dockerd     node address {}; state file: {}",
+                if d.node_addr.is_empty() {
+                    "none (not in a swarm)"
+                } else {
+                    &d.node_addr
+                },
+                if pinned.is_empty() {
+                    "no address set".to_string()
+                } else {
+                    pinned.join(" ")
+                }
+            );
+        }
     }
     Ok(())
 }

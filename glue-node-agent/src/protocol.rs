@@ -8,7 +8,7 @@
 //! is bound to a cluster, a target node, its issuer's key, a sequence number
 //! that must grow for each issuer, and an expiry at most a minute ahead.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -539,6 +539,26 @@ pub struct AgentStatus {
     /// True when the rules in the kernel match the desired set.
     pub in_force: bool,
     pub trusted_keys: usize,
+    /// The addresses this node's dockerd holds, as last read (absent from
+    /// older agents, and until the first reading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerd: Option<DockerdAddrs>,
+}
+
+/// What the agent last read of its node's dockerd (see `dockerd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerdAddrs {
+    /// When it was read, the agent's Unix time in milliseconds.
+    pub read_ms: u64,
+    /// `Swarm.NodeAddr`: the address dockerd gossips and tunnels from,
+    /// fixed when it started (empty: not in a swarm).
+    pub node_addr: String,
+    /// The address fields `docker-state.json` sets (`AdvertiseAddr`,
+    /// `DataPathAddr`, `ListenAddr`, `LocalAddr`), as written there.
+    pub state: BTreeMap<String, String>,
+    /// Why dockerd could not be read, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Reply {
@@ -776,6 +796,7 @@ mod tests {
                     rewrites: vec![],
                     in_force: true,
                     trusted_keys: 3,
+                    dockerd: None,
                 },
             },
         };
