@@ -62,6 +62,9 @@ pub struct Observation {
     /// leader change): a manager may be half-way, so re-addressing is not
     /// taken as finished.
     pub marks_unknown: bool,
+    /// This host moved and its dockerd, a manager, accepts nothing at its
+    /// current address on 2377 (a `--listen-addr` pinned to the old one).
+    pub listener_missing: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,6 +382,18 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                 fmt_map(&next.map)
             )));
         }
+    }
+    // Until this manager listens where it is, no peer can prove it nor reach
+    // it through the rules: quorum needs its dockerd restarted first (no
+    // lock can be taken without quorum; the node checks the pin itself).
+    if let (Phase::Rewrite, true, Some(me)) =
+        (next.phase, obs.listener_missing, my_current(obs, memory))
+    {
+        actions.push(Action::Restart {
+            node: memory.node_id.clone(),
+            addr: me,
+            stale: vec![format!("nothing listening at {me}:2377")],
+        });
     }
     if let Health::Healthy { leader, recorded } = &obs.health {
         if next.phase == Phase::Rewrite {
@@ -726,6 +741,7 @@ mod tests {
             not_ready: BTreeSet::new(),
             pending: BTreeMap::new(),
             marks_unknown: false,
+            listener_missing: false,
         }
     }
 
@@ -1581,5 +1597,38 @@ mod tests {
             "w2 keeps the rules: {w2_rules:?}"
         );
         assert!(pushes(&p).iter().all(|(n, r)| n == "w2" || r.is_empty()));
+    }
+
+    #[test]
+    fn a_manager_whose_dockerd_listens_on_its_old_address_restarts_itself_before_quorum() {
+        let rec = Recovery {
+            phase: Phase::Rewrite,
+            started_ms: Some(990_000),
+            ..Recovery::default()
+        };
+        let mut o = obs("10.0.2.1", &[], &[], Health::NoLeader);
+        o.listener_missing = true;
+        let p = plan(&o, &memory("m1"), &rec, PORT);
+        assert_eq!(
+            restarts(&p),
+            [(
+                "m1".to_string(),
+                ip("10.0.2.1"),
+                vec!["nothing listening at 10.0.2.1:2377".to_string()]
+            )]
+        );
+        // Once quorum is back it is re-addressed like any manager.
+        let mut back = o.clone();
+        back.health = healthy(
+            "m2",
+            &[("m1", "10.0.1.1"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+        );
+        let readdressing = Recovery {
+            phase: Phase::Readdress,
+            ..rec.clone()
+        };
+        assert!(restarts(&plan(&back, &memory("m1"), &readdressing, PORT)).is_empty());
+        o.listener_missing = false;
+        assert!(restarts(&plan(&o, &memory("m1"), &rec, PORT)).is_empty());
     }
 }

@@ -467,6 +467,44 @@ async fn restart_in_place(
     Ok(Outcome::Done)
 }
 
+/// Restarts this host's own dockerd over SSH to itself (so the container
+/// image, which has no systemctl, can too) with `old` replaced by `new` in
+/// its state file: a listener pinned to an address the host lost keeps
+/// every peer out, and quorum cannot come back before it moves.
+pub async fn restart_self(
+    ctx: &Ctx,
+    old: Ipv4Addr,
+    new: Ipv4Addr,
+    stale: &[String],
+    say: &mpsc::UnboundedSender<String>,
+) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let map = BTreeMap::from([(old, new)]);
+    let out = ctx
+        .ssh
+        .run(
+            &ctx.manager_id,
+            "127.0.0.1",
+            "restarting this host's dockerd with its new address",
+            &restart_in_place_script(&map, &[]),
+            b"",
+            RESTART_TIMEOUT,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.trim() == ALREADY_CURRENT {
+        return Ok(Outcome::NotNow(format!(
+            "nothing listens at {new}:2377, but this host's dockerd holds no address it lost"
+        )));
+    }
+    let _ = say.send(format!(
+        "restarted this host's dockerd with {new} for {old} in {:.1}s ({}), so the others can reach it",
+        started.elapsed().as_secs_f64(),
+        stale.join(", ")
+    ));
+    Ok(Outcome::Done)
+}
+
 /// What the in-place restart prints when the node needed none.
 const ALREADY_CURRENT: &str = "dockerd already holds its current addresses";
 
@@ -584,7 +622,7 @@ pub fn restart_script(
     }
     format!(
         r#"set -eu
-root=$(docker info --format '{{{{.DockerRootDir}}}}')
+root=$(timeout 5 docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /var/lib/docker)
 f="$root/swarm/docker-state.json"
 [ -f "$f" ] || {{ echo "$f is missing: this node is not in a swarm" >&2; exit 3; }}
 # Whatever happens from here (a failed step, the SSH connection dropped),
@@ -604,7 +642,7 @@ if [ -n '{remotes_json}' ]; then
 fi
 systemctl start docker.socket docker.service
 i=0
-until [ "$(docker info --format '{{{{.Swarm.LocalNodeState}}}}' 2>/dev/null)" = active ]; do
+until [ "$(timeout 5 docker info --format '{{{{.Swarm.LocalNodeState}}}}' 2>/dev/null)" = active ]; do
   i=$((i+1)); [ $i -lt 120 ] || {{ echo "dockerd did not rejoin the swarm within 60s" >&2; exit 4; }}
   sleep 0.5
 done
@@ -624,8 +662,8 @@ pub fn restart_in_place_script(
     let fields = glue_node_agent::dockerd::STATE_FIELDS.join("|");
     format!(
         r#"set -eu
-root=$(docker info --format '{{{{.DockerRootDir}}}}')
-held="$(docker info --format '{{{{.Swarm.NodeAddr}}}}') $(grep -oE '"({fields})":"[0-9.]+' "$root/swarm/docker-state.json" | cut -d'"' -f4 || true)"
+root=$(timeout 5 docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /var/lib/docker)
+held="$(timeout 5 docker info --format '{{{{.Swarm.NodeAddr}}}}' 2>/dev/null || true) $(grep -oE '"({fields})":"[0-9.]+' "$root/swarm/docker-state.json" | cut -d'"' -f4 || true)"
 stale=
 for a in $held; do
   case " {old} " in *" $a "*) ip -4 -o addr show | grep -q "inet $a/" || stale="$stale $a";; esac

@@ -204,6 +204,15 @@ struct Candidate {
 const MAX_PROOF_FAILURES: u32 = 5;
 const PROOF_RETRY: Duration = Duration::from_secs(4);
 
+/// Whether anything accepts a TCP connection at `addr`:2377 within a second.
+async fn listens(addr: Ipv4Addr) -> bool {
+    let connect = tokio::net::TcpStream::connect((addr, 2377));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
+}
+
 fn hostname_of(memory: &Memory, node: &str) -> String {
     memory
         .nodes
@@ -643,6 +652,38 @@ impl Recoverer {
         }
     }
 
+    /// Restarts this host's own dockerd at `addr` with its old address
+    /// replaced, as a task taking the re-addressing slot; no lock (there is
+    /// no quorum to take one), and the host checks the pin first.
+    fn restart_self(
+        &mut self,
+        memory: &Memory,
+        addr: Ipv4Addr,
+        stale: Vec<String>,
+        ctx: Option<&Arc<Ctx>>,
+    ) {
+        let (None, Some(ctx), Some(old)) = (
+            &self.readdressing,
+            ctx,
+            plan::remembered_addr(memory, &memory.node_id),
+        ) else {
+            return;
+        };
+        let (ctx, say, done) = (
+            ctx.clone(),
+            self.say_tx.clone(),
+            self.readdress_done.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let r = readdress::restart_self(&ctx, old, addr, &stale, &say).await;
+            if !matches!(r, Ok(Outcome::NotNow(_))) {
+                done.notify_one();
+            }
+            r
+        });
+        self.readdressing = Some(("this host".to_string(), task));
+    }
+
     /// Once a recovery is over, puts the dispatcher heartbeat back where it
     /// was before re-addressing raised it (any manager may; the first one
     /// does it, the others find no mark). Tried again next round on failure.
@@ -767,7 +808,14 @@ impl Recoverer {
             not_ready: self.not_ready.clone(),
             pending: pending.unwrap_or_default(),
             marks_unknown,
+            listener_missing: false,
         };
+        if mine_moved && !healthy {
+            obs.listener_missing = match plan::my_current(&obs, memory) {
+                Some(me) => !listens(me).await,
+                None => false,
+            };
+        }
         obs.agents = self.agents(memory, &obs, own, signing, seq).await;
         let p = plan::plan(&obs, memory, &self.file.recovery, self.agent_port);
         if p.next.started_ms != self.file.recovery.started_ms {
@@ -799,6 +847,9 @@ impl Recoverer {
                         to,
                         how: readdress::How::Manager,
                     });
+                }
+                Action::Restart { node, addr, stale } if node == memory.node_id => {
+                    self.restart_self(memory, addr, stale, ctx.as_ref());
                 }
                 Action::Restart { node, addr, stale } => {
                     batch.push(readdress::Target {
