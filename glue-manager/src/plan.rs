@@ -140,6 +140,9 @@ pub struct Plan {
     /// Nodes clean-up waits for because their dockerd still holds an old
     /// address (what it holds): they keep the last rules until restarted.
     pub stale: BTreeMap<String, Vec<String>>,
+    /// Nodes clean-up waits for because their agent cannot read their
+    /// dockerd (why).
+    pub dockerd_unread: BTreeMap<String, String>,
     /// Nodes whose address is known but whose agent did not say what it
     /// holds this round: told nothing (a set chosen without seeing theirs
     /// could replace a fuller one from another manager).
@@ -244,8 +247,9 @@ pub fn at_once(managers: usize) -> usize {
 }
 
 /// The addresses `node`'s dockerd holds that this recovery moved away from
-/// (`old`), other than the node's address now, each as `Field addr`. A
-/// reading that failed says nothing: the node is judged at its next one.
+/// (`old`), other than the node's address now, each as `Field addr`; none
+/// for an agent that reports no reading (older agents) or whose reading
+/// failed (see [`dockerd_unread`]).
 pub fn stale_dockerd(
     seen: &AgentSeen,
     old: &BTreeMap<Ipv4Addr, Ipv4Addr>,
@@ -262,6 +266,18 @@ pub fn stale_dockerd(
                 .is_ok_and(|a| old.contains_key(&a) && Some(a) != now)
         })
         .map(|(k, v)| format!("{k} {v}"))
+        .collect()
+}
+
+/// Nodes whose agent could not read its dockerd (it may be down, e.g.
+/// restarting right now), with why: nothing can be said of them yet.
+fn dockerd_unread(obs: &Observation) -> BTreeMap<String, String> {
+    obs.agents
+        .iter()
+        .filter_map(|(id, seen)| {
+            let error = seen.dockerd.as_ref()?.error.clone()?;
+            Some((id.clone(), error))
+        })
         .collect()
 }
 
@@ -361,6 +377,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             no_address: Vec::new(),
             late: Vec::new(),
             stale: BTreeMap::new(),
+            dockerd_unread: BTreeMap::new(),
             unread: Vec::new(),
             held: None,
         };
@@ -411,7 +428,8 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         let stale = stale_nodes(obs, &next.map, &current);
         let all_read = current
             .keys()
-            .all(|id| *id == memory.node_id || obs.agents.contains_key(id));
+            .all(|id| *id == memory.node_id || obs.agents.contains_key(id))
+            && dockerd_unread(obs).is_empty();
         if next.phase == Phase::Readdress && recorded_current(recorded) && !stale.is_empty() {
             coordinator |= restart_first(obs, memory, &current, &stale, &mut actions);
         } else if next.phase == Phase::Readdress {
@@ -495,6 +513,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             no_address: Vec::new(),
             late: Vec::new(),
             stale: BTreeMap::new(),
+            dockerd_unread: BTreeMap::new(),
             unread: Vec::new(),
             held,
         };
@@ -518,6 +537,8 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     } else {
         BTreeMap::new()
     };
+    // Nor does the recovery end while a node's dockerd cannot be read.
+    let unread_dockerd = dockerd_unread(obs);
     if !stale_late.is_empty() {
         coordinator |= restart_first(obs, memory, &current, &stale_late, &mut actions);
     }
@@ -579,7 +600,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             replaces: seen.generation,
         });
     }
-    if next.phase == Phase::CleanUp && all_clean {
+    if next.phase == Phase::CleanUp && all_clean && unread_dockerd.is_empty() {
         next.phase = Phase::Idle;
         next.last_map.clear();
         next.converged_ms = Some(obs.now_ms);
@@ -595,6 +616,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         no_address,
         late,
         stale: stale_late,
+        dockerd_unread: unread_dockerd,
         unread,
         held,
     }
@@ -1529,8 +1551,12 @@ mod tests {
         let p2 = plan(&done, &memory("m2"), &rec, PORT);
         assert!(past(&p2), "{:?}", p2.next.phase);
         assert!(restarts(&p2).is_empty());
-        // A reading that failed says nothing either way; nor does an agent
-        // that reports no reading (an older agent).
+        // An agent that reports no reading (an older agent) is not waited for.
+        let mut old_agent = done.clone();
+        old_agent.agents.get_mut("w2").expect("w2").dockerd = None;
+        assert!(past(&plan(&old_agent, &memory("m2"), &rec, PORT)));
+        // A reading that failed (dockerd stopped, e.g. being restarted)
+        // holds the rules back and restarts nothing.
         let mut unread = done.clone();
         unread.agents.get_mut("w1").expect("w1").dockerd = Some(DockerdAddrs {
             read_ms: 2,
@@ -1538,8 +1564,17 @@ mod tests {
             state: BTreeMap::new(),
             error: Some("GET /info: connection refused".into()),
         });
-        unread.agents.get_mut("w2").expect("w2").dockerd = None;
-        assert!(past(&plan(&unread, &memory("m2"), &rec, PORT)));
+        let p3 = plan(&unread, &memory("m2"), &rec, PORT);
+        assert_eq!(p3.next.phase, Phase::Readdress);
+        assert!(restarts(&p3).is_empty());
+        let cleaning = Recovery {
+            phase: Phase::CleanUp,
+            last_map: map.clone(),
+            ..rec.clone()
+        };
+        let p4 = plan(&unread, &memory("m2"), &cleaning, PORT);
+        assert_eq!(p4.next.phase, Phase::CleanUp, "not over");
+        assert_eq!(p4.dockerd_unread.keys().collect::<Vec<_>>(), ["w1"]);
         // An address this node holds now is not stale, even if another
         // node had it before (two hosts swapped).
         let mut swapped = done.clone();

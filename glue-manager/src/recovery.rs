@@ -931,6 +931,7 @@ impl Recoverer {
             .iter()
             .chain(&p.late)
             .chain(p.stale.keys())
+            .chain(p.dockerd_unread.keys())
             .chain(&p.unread)
             .collect();
         let mut waiting: Vec<String> = p
@@ -949,6 +950,9 @@ impl Recoverer {
                     hostname(n),
                     held.join(", ")
                 )
+            }))
+            .chain(p.dockerd_unread.iter().map(|(n, why)| {
+                format!("{} (its agent cannot read its dockerd: {why})", hostname(n))
             }))
             .chain(p.unread.iter().map(|n| {
                 format!(

@@ -68,6 +68,12 @@ chmod 700 "$root/root/.ssh"
 mkdir -p "$root/etc/docker"
 printf '{\n  "log-driver": "json-file",\n  "log-opts": {"max-size": "5m"}\n}\n' > "$root/etc/docker/daemon.json"
 
+# No registry is reachable from the lab: a swarm task's start would wait
+# out a DNS timeout (15-20 s measured) trying to pull its image first.
+mkdir -p "$root/etc/systemd/system/docker.service.d"
+printf '[Service]\nEnvironment=DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1\n' \
+  > "$root/etc/systemd/system/docker.service.d/lab-offline.conf"
+
 in_root apt-get clean >&2
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/usr/share/doc/* \
        "$root"/usr/share/man/* "$root"/usr/share/locale/*
