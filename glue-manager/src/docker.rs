@@ -6,7 +6,7 @@
 //! atomic by name, and their labels can be read by every manager. Their data
 //! is a constant: nothing secret is stored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -36,6 +36,8 @@ pub const REGISTRY_PREFIX: &str = "swarm-glue-manager-";
 pub const LOCK_PREFIX: &str = "swarm-glue-lock-";
 pub const JOB_PREFIX: &str = "swarm-glue-sshkey-";
 pub const READDRESS_PREFIX: &str = "swarm-glue-readdress-";
+/// A node whose dockerd is being restarted in place (see readdress).
+pub const RESTART_PREFIX: &str = "swarm-glue-restart-";
 const LABEL_FROM: &str = "io.swarm-glue.from";
 const LABEL_TO: &str = "io.swarm-glue.to";
 /// The secret that says swarm-glue raised the dispatcher heartbeat, and
@@ -523,6 +525,40 @@ impl DockerApi {
         {
             if let Some(id) = s.id {
                 self.delete_mark(&id, &format!("re-address mark of node {}", short(node)))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks `node` as being restarted in place: until the mark goes, no
+    /// manager takes the recovery past re-addressing.
+    pub async fn mark_restart(&self, node: &str) -> Result<bool, DockerError> {
+        let labels = HashMap::from([
+            (LABEL_KIND.to_string(), "restart".to_string()),
+            (LABEL_NODE.to_string(), node.to_string()),
+        ]);
+        Ok(self
+            .create_secret(&format!("{RESTART_PREFIX}{}", short(node)), labels)
+            .await?
+            .is_some())
+    }
+
+    /// Every node marked as being restarted in place.
+    pub async fn restart_marks(&self) -> Result<BTreeSet<String>, DockerError> {
+        Ok(self
+            .secrets_named(RESTART_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|s| s.spec?.labels?.get(LABEL_NODE).cloned())
+            .collect())
+    }
+
+    pub async fn unmark_restart(&self, node: &str) -> Result<(), DockerError> {
+        let name = format!("{RESTART_PREFIX}{}", short(node));
+        for s in self.secrets_named(&name).await? {
+            if let Some(id) = s.id {
+                self.delete_mark(&id, &format!("restart mark of node {}", short(node)))
                     .await?;
             }
         }

@@ -65,6 +65,9 @@ pub struct Observation {
     /// This host moved and its dockerd, a manager, accepts nothing at its
     /// current address on 2377 (a `--listen-addr` pinned to the old one).
     pub listener_missing: bool,
+    /// Nodes marked in the swarm as being restarted in place (a
+    /// coordinator may have died half-way).
+    pub restarting: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +284,20 @@ fn dockerd_unread(obs: &Observation) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `stale` and every node whose restart was begun and not finished: it is
+/// finished first (the node checks whether it still needs one).
+fn with_marked(
+    mut stale: BTreeMap<String, Vec<String>>,
+    obs: &Observation,
+) -> BTreeMap<String, Vec<String>> {
+    for id in &obs.restarting {
+        stale
+            .entry(id.clone())
+            .or_insert_with(|| vec!["a restart begun and not finished".to_string()]);
+    }
+    stale
+}
+
 /// Nodes whose dockerd still holds an old address, with what it holds.
 fn stale_nodes(
     obs: &Observation,
@@ -425,7 +442,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         // addresses follow only a restart, so a node that still holds an
         // old one is restarted (one at a time) before the rules go.
         // Judged only on a round where every node up has said what it holds.
-        let stale = stale_nodes(obs, &next.map, &current);
+        let stale = with_marked(stale_nodes(obs, &next.map, &current), obs);
         let all_read = current
             .keys()
             .all(|id| *id == memory.node_id || obs.agents.contains_key(id))
@@ -533,7 +550,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     // old addresses too: it keeps the last rules until it is restarted.
     let stale_late = if next.phase == Phase::CleanUp && matches!(obs.health, Health::Healthy { .. })
     {
-        stale_nodes(obs, &next.last_map, &current)
+        with_marked(stale_nodes(obs, &next.last_map, &current), obs)
     } else {
         BTreeMap::new()
     };
@@ -764,6 +781,7 @@ mod tests {
             pending: BTreeMap::new(),
             marks_unknown: false,
             listener_missing: false,
+            restarting: BTreeSet::new(),
         }
     }
 
@@ -1665,5 +1683,29 @@ mod tests {
         assert!(restarts(&plan(&back, &memory("m1"), &readdressing, PORT)).is_empty());
         o.listener_missing = false;
         assert!(restarts(&plan(&o, &memory("m1"), &rec, PORT)).is_empty());
+    }
+
+    #[test]
+    fn a_restart_begun_and_not_finished_holds_the_rules_and_is_finished_first() {
+        let (mut o, map) = all_moved_and_recorded("m2");
+        let rec = Recovery {
+            map: map.clone(),
+            ..readdressing(5, &[])
+        };
+        // w2's dockerd already holds its new address, but its restart (and
+        // its tasks' start) is not over: the mark is still there.
+        o.restarting = BTreeSet::from(["w2".to_string()]);
+        let p = plan(&o, &memory("m2"), &rec, PORT);
+        assert_eq!(p.next.phase, Phase::Readdress);
+        assert_eq!(restarts(&p).len(), 1);
+        assert_eq!(restarts(&p)[0].0, "w2");
+        let cleaning = Recovery {
+            phase: Phase::CleanUp,
+            last_map: map,
+            ..rec
+        };
+        let p2 = plan(&o, &memory("m2"), &cleaning, PORT);
+        assert_eq!(p2.next.phase, Phase::CleanUp);
+        assert!(!pushes(&p2)["w2"].is_empty(), "w2 keeps the rules");
     }
 }

@@ -427,8 +427,15 @@ async fn restart_in_place(
     settled: Instant,
 ) -> Result<Outcome, String> {
     let name = &t.hostname;
+    let docker = &env.ctx.docker;
     tokio::time::sleep_until(settled.into()).await;
     let started = Instant::now();
+    // Until it goes, no manager takes the rules away (nor ends the
+    // recovery) while the node's tasks start again.
+    docker
+        .mark_restart(&t.node)
+        .await
+        .map_err(|e| e.to_string())?;
     let out = env
         .ctx
         .ssh
@@ -443,9 +450,12 @@ async fn restart_in_place(
         .await
         .map_err(|e| e.to_string())?;
     if out.trim() == ALREADY_CURRENT {
+        docker
+            .unmark_restart(&t.node)
+            .await
+            .map_err(|e| e.to_string())?;
         return Ok(Outcome::Done);
     }
-    let docker = &env.ctx.docker;
     wait(&format!("{name} to be ready"), || async move {
         let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
         Ok(snap
@@ -454,6 +464,10 @@ async fn restart_in_place(
             .any(|n| n.id == t.node && n.state == "ready"))
     })
     .await?;
+    docker
+        .unmark_restart(&t.node)
+        .await
+        .map_err(|e| e.to_string())?;
     say(
         env,
         format!(

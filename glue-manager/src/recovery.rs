@@ -794,9 +794,9 @@ impl Recoverer {
                 }
             }
         }
-        let pending = match (&ctx, &health) {
-            (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await,
-            _ => Some(BTreeMap::new()),
+        let (pending, restarting) = match (&ctx, &health) {
+            (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await.unzip(),
+            _ => (Some(BTreeMap::new()), Some(BTreeSet::new())),
         };
         let marks_unknown = pending.is_none();
         let mut obs = Observation {
@@ -809,6 +809,7 @@ impl Recoverer {
             pending: pending.unwrap_or_default(),
             marks_unknown,
             listener_missing: false,
+            restarting: restarting.unwrap_or_default(),
         };
         if mine_moved && !healthy {
             obs.listener_missing = match plan::my_current(&obs, memory) {
@@ -1175,8 +1176,17 @@ async fn bounded<T>(
 
 /// The managers marked as being re-addressed; `None` if the marks cannot be
 /// read (the round after tries again; meanwhile re-addressing waits).
-async fn marks(docker: &DockerApi) -> Option<BTreeMap<String, (Ipv4Addr, Ipv4Addr)>> {
-    match tokio::time::timeout(Duration::from_secs(5), docker.readdress_marks()).await {
+/// The re-address marks and the restart marks.
+type Marks = (BTreeMap<String, (Ipv4Addr, Ipv4Addr)>, BTreeSet<String>);
+
+async fn marks(docker: &DockerApi) -> Option<Marks> {
+    let both = async {
+        Ok::<_, crate::docker::DockerError>((
+            docker.readdress_marks().await?,
+            docker.restart_marks().await?,
+        ))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), both).await {
         Ok(Ok(m)) => Some(m),
         Ok(Err(e)) => {
             tracing::warn!("recovery: {e}");
