@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use swarm_glue_lab::{bench, swarm, wait_for, Addressing, Ipv4Net, Lab, LabSpec, Result};
+use swarm_glue_lab::{bench, recovery, swarm, wait_for, Addressing, Ipv4Net, Lab, LabSpec, Result};
 
 fn lab_up() -> Lab {
     let lab =
@@ -103,6 +103,15 @@ fn formed_swarm_is_healthy_and_every_node_resolves_every_other_over_mdns_also_af
         nodes_with_task.len(),
         5,
         "the service must run on every node: {fp:#?}"
+    );
+    // The user's application: every task reached by name and by address
+    // over the overlay network, from every node.
+    let check = Instant::now();
+    let failures = recovery::data_plane(&lab).expect("the data plane can be checked");
+    bench("lab.data_plane_check_s", check.elapsed().as_secs_f64(), "s");
+    assert!(
+        failures.is_empty(),
+        "the data plane of a fresh swarm is broken: {failures:#?}"
     );
 
     assert_mdns_current(&lab, "before any move");

@@ -6,9 +6,12 @@
 //!    manager m2 at its own address (a rogue claim): the swarm regains a
 //!    leader and converges — every manager recorded at its new address as
 //!    seen from every manager, no rewrite left, node IDs, labels, services,
-//!    configs, secrets and worker tasks unchanged — the rogue claim is
-//!    refused and logged with its sender; stable for 60 s and after the
-//!    leader's dockerd restarts;
+//!    configs and secrets unchanged, every task running in its slot (any
+//!    node's may have been replaced once: a recovery may restart any
+//!    node's dockerd), every task reached by name and address from every
+//!    node over the overlay network — the rogue claim is refused and logged
+//!    with its sender; stable for 60 s and after the leader's dockerd
+//!    restarts;
 //! 2. avahi-daemon restarts on every manager, on m2 after a worker took
 //!    its mDNS name: every manager announces itself again (under another
 //!    name if it gave way); then only the managers move;

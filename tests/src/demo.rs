@@ -122,8 +122,8 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
         .map(|n| recovery::rewrites_on(&lab, n).unwrap_or(0))
         .sum();
     if outcome.converged.is_some() {
-        // A manager's own task stopped with its dockerd; give the swarm
-        // the time to start it again before comparing.
+        // A task stopped with its node's dockerd; give the swarm the time
+        // to start it again before comparing.
         let back = crate::wait_for(
             "every task running again",
             Duration::from_secs(90),
@@ -135,9 +135,30 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
             Err(e) => t.say(format!("{e}")),
         }
     }
+    // Given a moment after convergence (tasks started again are gossiped);
+    // checked once when it did not converge.
+    let grace = if outcome.converged.is_some() {
+        recovery::DATA_PLANE_GRACE
+    } else {
+        Duration::ZERO
+    };
+    let (failures, took) = recovery::wait_data_plane(&lab, grace);
+    for f in &failures {
+        t.say(format!("data plane: {f}"));
+    }
+    let data_plane = if failures.is_empty() {
+        t.say(format!(
+            "data plane whole: every task reached by name and address from every node ({:.1}s)",
+            took.as_secs_f64()
+        ));
+        "ok".to_string()
+    } else {
+        format!("{}_failed", failures.len())
+    };
     let (ids_kept, lost) = match recovery::fingerprint(&lab) {
         Ok(after) => {
-            let mut losses = recovery::losses(&before, &after, &managers);
+            // A recovery may restart any node's dockerd.
+            let mut losses = recovery::losses(&before, &after, &names);
             match recovery::stopped_twice(&lab, &outcome) {
                 Ok(twice) => losses.extend(twice),
                 Err(e) => losses.push(format!("the task history cannot be read: {e}")),
@@ -154,7 +175,7 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
         }
     };
     let result = format!(
-        "RESULT quorum_s={} converged_s={} nodes={} ids_kept={ids_kept} lost={lost} rewrites_left={rewrites_left}",
+        "RESULT quorum_s={} converged_s={} nodes={} ids_kept={ids_kept} lost={lost} rewrites_left={rewrites_left} data_plane={data_plane}",
         recovery::secs(outcome.quorum),
         recovery::secs(outcome.converged),
         lab.nodes().len(),

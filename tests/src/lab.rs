@@ -32,12 +32,16 @@ const OWNER_CLI: &str = "cli";
 pub const SUBNET_POOL: &str = "10.231.0.0/16";
 
 /// Ranges the nodes' own dockerd uses inside every node (docker0,
-/// docker_gwbridge, the swarm's ingress network): a lab subnet there would
-/// collide inside the nodes.
-const RESERVED_INSIDE_NODES: [(&str, &str); 3] = [
+/// docker_gwbridge, the swarm's ingress network and the lab's overlay
+/// network `app`): a lab subnet there would collide inside the nodes.
+const RESERVED_INSIDE_NODES: [(&str, &str); 4] = [
     ("172.17.0.0/16", "docker0 inside every lab node"),
     ("172.18.0.0/16", "docker_gwbridge inside every lab node"),
     ("10.0.0.0/24", "the swarm's ingress network"),
+    (
+        crate::swarm::NETWORK_SUBNET,
+        "the lab swarm's overlay network app",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

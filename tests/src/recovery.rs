@@ -3,7 +3,9 @@
 //!
 //! Everything here is judged by what the real daemons say: a raft write for
 //! "the swarm has a leader again", `docker node inspect` on every manager for
-//! the recorded addresses, `iptables-save` on every node for rewrites left.
+//! the recorded addresses, `iptables-save` on every node for rewrites left,
+//! and for the data plane, Docker's DNS and HTTP between the probe service's
+//! tasks over the overlay network.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,10 +19,11 @@ use crate::{par_map, wait_for};
 
 /// Names of swarm objects that swarm-glue (or this probe) creates and removes
 /// on its own; not part of the user's swarm.
-const TRANSIENT: [&str; 5] = [
+const TRANSIENT: [&str; 6] = [
     "swarm-glue-lock-",
     "swarm-glue-quorum-",
     "swarm-glue-readdress-",
+    "swarm-glue-restart-",
     "swarm-glue-heartbeat",
     "lab-quorum-",
 ];
@@ -319,10 +322,13 @@ pub fn watch(
 }
 
 /// Differences between two fingerprints that a recovery must not cause:
-/// everything, except that a task on a manager may have been replaced by a
-/// new one for the same slot on the same node (its dockerd was restarted),
-/// and the objects swarm-glue creates and removes by itself.
-pub fn losses(before: &Fingerprint, after: &Fingerprint, managers: &[String]) -> Vec<String> {
+/// everything, except that a task on a `restartable` node (one whose
+/// dockerd a recovery may restart: swarm-glue restarts managers' to
+/// re-address them and workers' so that their gossip and VXLAN addresses
+/// follow the move) may have been replaced by a new task for the same slot,
+/// and the objects swarm-glue creates and removes by itself. That such a
+/// task was stopped once at most is [`stopped_twice`]'s to check.
+pub fn losses(before: &Fingerprint, after: &Fingerprint, restartable: &[String]) -> Vec<String> {
     let strip = |fp: &Fingerprint| {
         let mut fp = fp.clone();
         fp.secrets
@@ -330,10 +336,10 @@ pub fn losses(before: &Fingerprint, after: &Fingerprint, managers: &[String]) ->
         fp
     };
     let (b, a) = (strip(before), strip(after));
-    let manager_ids: Vec<&String> = b
+    let restartable_ids: Vec<&String> = b
         .nodes
         .iter()
-        .filter(|(_, n)| managers.contains(&n.hostname))
+        .filter(|(_, n)| restartable.contains(&n.hostname))
         .map(|(id, _)| id)
         .collect();
     let mut out: Vec<String> = b
@@ -341,46 +347,46 @@ pub fn losses(before: &Fingerprint, after: &Fingerprint, managers: &[String]) ->
         .into_iter()
         .filter(|d| !d.starts_with("task "))
         .collect();
-    // Tasks: by ID on workers; by (service, slot) on managers. A manager's
-    // task is stopped once when its dockerd restarts and the swarm starts
-    // its slot again where its scheduler chooses: on the same node when the
-    // node is back before the task's restart delay, else on another node
-    // (seen on this 2-core lab when a restart took longer).
-    let on_manager = |t: &swarm::TaskFp| manager_ids.contains(&&t.node);
-    let mut gone_from_managers = Vec::new();
+    // Tasks: by ID on the other nodes; by (service, slot) on restartable
+    // ones. Such a task is stopped once when its node's dockerd restarts
+    // and the swarm starts its slot again where its scheduler chooses: on
+    // the same node when the node is back before the task's restart delay,
+    // else on another node (seen on this 2-core lab when a restart took
+    // longer). A new task is accepted only in a slot vacated so.
+    let restarted = |t: &swarm::TaskFp| restartable_ids.contains(&&t.node);
+    let mut vacated = Vec::new();
     for (id, t) in &b.tasks {
         match a.tasks.get(id) {
             Some(x) if x == t => {}
             Some(x) => out.push(format!("task {id} changed: {t:?} -> {x:?}")),
-            None if on_manager(t) => {
-                gone_from_managers.push((t.service.clone(), t.slot));
+            None if restarted(t) => {
+                vacated.push((t.service.clone(), t.slot));
                 let replaced = a
                     .tasks
                     .values()
                     .any(|x| x.service == t.service && x.slot == t.slot && x.state == "running");
                 if !replaced {
                     out.push(format!(
-                        "task {id} on a manager is gone and not replaced: {t:?}"
+                        "task {id} on a restartable node is gone and not replaced: {t:?}"
                     ));
                 }
             }
-            None => out.push(format!("task {id} on a worker is gone: {t:?}")),
+            None => out.push(format!(
+                "task {id} is gone from a node that was not to restart: {t:?}"
+            )),
         }
     }
     for (id, x) in &a.tasks {
-        if !b.tasks.contains_key(id)
-            && !on_manager(x)
-            && !gone_from_managers.contains(&(x.service.clone(), x.slot))
-        {
-            out.push(format!("task {id} is new on a worker: {x:?}"));
+        if !b.tasks.contains_key(id) && !vacated.contains(&(x.service.clone(), x.slot)) {
+            out.push(format!("task {id} is new, in a slot no task left: {x:?}"));
         }
     }
     out
 }
 
-/// The slots whose task was stopped more than once since the move: a
-/// manager's task may be stopped once (its dockerd restarts), never again
-/// (e.g. started on a manager re-addressed later). One line each.
+/// The slots whose task was stopped more than once since the move: a task
+/// may be stopped once (its node's dockerd restarts), never again (e.g.
+/// started on a node re-addressed or restarted later). One line each.
 pub fn stopped_twice(lab: &Lab, o: &Outcome) -> Result<Vec<String>> {
     let mut last = None;
     for m in lab.managers() {
@@ -403,7 +409,9 @@ pub fn stopped_twice(lab: &Lab, o: &Outcome) -> Result<Vec<String>> {
 /// What the acceptance asks after a recovery: still converged 60 s later
 /// (looked at every 10 s), and whole again after the leader's dockerd
 /// restarts (every node ready, every service at full strength, every
-/// manager at its current address). Returns the leader that was restarted.
+/// manager at its current address, and the data plane whole: see
+/// [`data_plane`], given [`DATA_PLANE_GRACE`]). Returns the leader that was
+/// restarted.
 pub fn stable_then_leader_restart(
     lab: &Lab,
     managers: &[String],
@@ -433,6 +441,13 @@ pub fn stable_then_leader_restart(
             Ok((h.is_healthy() && left.is_empty()).then_some(()))
         },
     )?;
+    let (failures, took) = wait_data_plane(lab, DATA_PLANE_GRACE);
+    if !failures.is_empty() {
+        return Err(LabError::Invalid(format!(
+            "the data plane is not whole {:.0}s after the swarm was whole again once {leader}'s dockerd restarted: {failures:#?}",
+            took.as_secs_f64()
+        )));
+    }
     Ok(leader)
 }
 
@@ -468,6 +483,339 @@ pub fn whole_again(lab: &Lab, timeout: Duration) -> Result<Fingerprint> {
         let h = swarm::health(lab)?;
         Ok(h.is_healthy().then(|| fingerprint(lab).ok()).flatten())
     })
+}
+
+// ---- the data plane --------------------------------------------------------
+
+/// How long one HTTP GET to a task may take (a dead path fails by then).
+const HTTP_TIMEOUT_S: u32 = 3;
+/// How long resolving `tasks.<service>` may take.
+const DNS_TIMEOUT_S: u32 = 5;
+/// How long each step of the check inside one node (`docker ps`, then
+/// `docker exec` into its probe task) may take, when that node's dockerd hangs.
+const NODE_TIMEOUT_S: u32 = 20;
+/// How long after the swarm is whole again its data plane may take to be
+/// whole too (a task started again reaches the others' DNS by gossip).
+pub const DATA_PLANE_GRACE: Duration = Duration::from_secs(30);
+
+/// Run inside every node: finds its running probe task; inside it resolves
+/// `tasks.probe` through Docker's embedded DNS and sends one HTTP GET to
+/// every address it resolved and every address in `@TARGETS@` (the swarm's
+/// view), all at once, each bounded by its timeout.
+const DATA_PLANE_SCRIPT: &str = r#"ps=$(timeout @NODE@ docker ps -q --filter label=com.docker.swarm.service.name=@SERVICE@ --filter status=running 2>&1) || { echo "@@ps-failed $ps"; exit 0; }
+c=$(echo "$ps" | head -n 1)
+echo "@@container $c"
+[ -n "$c" ] || exit 0
+rc=0
+timeout @NODE@ docker exec -i "$c" sh -s <<'PROBE' || rc=$?
+dns=$(busybox timeout @DNS@ busybox nslookup -type=a tasks.@SERVICE@ 127.0.0.11 2>&1)
+echo "@@dns $?"
+echo "$dns"
+ips=$(echo "$dns" | busybox awk '/^Name:/ { n = 1 } n && /^Address/ { sub(/^Address[^:]*:[ \t]*/, ""); print $1 }')
+all=$(busybox printf '%s\n' $ips @TARGETS@ | busybox sort -u)
+busybox mkdir -p /tmp/data-plane
+for ip in $all; do
+  (printf 'GET / HTTP/1.0\r\n\r\n' | busybox timeout @HTTP@ busybox nc "$ip" @PORT@ >/tmp/data-plane/$ip 2>&1; echo "@@rc $?" >>/tmp/data-plane/$ip) &
+done
+wait
+for ip in $all; do echo "@@http $ip"; cat /tmp/data-plane/$ip; done
+echo "@@done"
+PROBE
+echo "@@exec $rc"
+"#;
+
+/// What one node's probe task saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Seen {
+    /// Why the node's running probe task could not be listed.
+    ps_failed: Option<String>,
+    /// Its running probe task container; None when it has none.
+    container: Option<String>,
+    /// The exit status of `docker exec` into it.
+    exec_rc: Option<i32>,
+    /// Whether the script inside it ran to its end.
+    done: bool,
+    /// nslookup's exit status and output, and the addresses it gave.
+    dns_rc: Option<i32>,
+    dns_text: String,
+    dns: Vec<Ipv4Addr>,
+    /// The answer to a GET from each address tried.
+    http: BTreeMap<Ipv4Addr, Answer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Answer {
+    /// Exit status of `timeout nc` (143: the timeout killed it).
+    rc: Option<i32>,
+    /// What came back (headers and page), CRs removed.
+    text: String,
+}
+
+/// The addresses busybox nslookup printed for the name asked (after the
+/// first `Name:` line; the server's own `Address:` line comes before it).
+/// Both forms: `Address: 10.0.1.3` (1.35) and `Address 1: 10.0.1.3 name`.
+fn parse_nslookup(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("Name:"))
+        .filter(|l| l.starts_with("Address"))
+        .filter_map(|l| {
+            l.split_once(':')?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse::<Ipv4Addr>()
+                .ok()
+        })
+        .collect()
+}
+
+/// Reads what [`DATA_PLANE_SCRIPT`] printed.
+fn parse_seen(out: &str) -> Seen {
+    enum In {
+        Top,
+        Dns,
+        Http(Ipv4Addr),
+    }
+    let mut seen = Seen::default();
+    let mut at = In::Top;
+    let mut dns_text = Vec::new();
+    for raw in out.lines() {
+        let line = raw.trim_end_matches('\r');
+        if let Some(why) = line.strip_prefix("@@ps-failed") {
+            seen.ps_failed = Some(why.trim().to_string());
+        } else if let Some(c) = line.strip_prefix("@@container") {
+            seen.container = Some(c.trim().to_string()).filter(|c| !c.is_empty());
+        } else if let Some(rc) = line.strip_prefix("@@dns ") {
+            seen.dns_rc = rc.trim().parse().ok();
+            at = In::Dns;
+        } else if let Some(ip) = line.strip_prefix("@@http ") {
+            match ip.trim().parse() {
+                Ok(ip) => {
+                    seen.http.insert(ip, Answer::default());
+                    at = In::Http(ip);
+                }
+                Err(_) => at = In::Top,
+            }
+        } else if let Some(rc) = line.strip_prefix("@@rc ") {
+            if let In::Http(ip) = at {
+                if let Some(a) = seen.http.get_mut(&ip) {
+                    a.rc = rc.trim().parse().ok();
+                }
+            }
+            at = In::Top;
+        } else if line == "@@done" {
+            seen.done = true;
+            at = In::Top;
+        } else if let Some(rc) = line.strip_prefix("@@exec ") {
+            seen.exec_rc = rc.trim().parse().ok();
+            at = In::Top;
+        } else {
+            match at {
+                In::Dns => dns_text.push(line),
+                In::Http(ip) => {
+                    if let Some(a) = seen.http.get_mut(&ip) {
+                        a.text.push_str(line);
+                        a.text.push('\n');
+                    }
+                }
+                In::Top => {}
+            }
+        }
+    }
+    seen.dns_text = dns_text.join("\n").trim().to_string();
+    seen.dns = parse_nslookup(&seen.dns_text);
+    seen
+}
+
+/// The node a page says it is served from (`probe node=<hostname> ...`).
+fn page_node(text: &str) -> Option<&str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("node="))
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+}
+
+fn rc(rc: Option<i32>) -> String {
+    rc.map_or("none".into(), |r| r.to_string())
+}
+
+/// What is wrong with what `source` saw, given the tasks the swarm runs
+/// (`running`: running, with an address); one line each.
+fn judge(source: &str, seen: &Seen, running: &[swarm::ProbeTask]) -> Vec<String> {
+    if let Some(why) = &seen.ps_failed {
+        return vec![format!(
+            "from {source}: its probe task cannot be listed: {why}"
+        )];
+    }
+    let Some(container) = &seen.container else {
+        return vec![format!(
+            "from {source}: the node has no running {} task",
+            swarm::SERVICE
+        )];
+    };
+    if !seen.done {
+        return vec![format!(
+            "from {source}: the check did not run through in its task {container} (docker exec exit {}; nslookup said {:?})",
+            rc(seen.exec_rc),
+            last_line(&seen.dns_text)
+        )];
+    }
+    let mut out = Vec::new();
+    let name = format!("tasks.{}", swarm::SERVICE);
+    let want: Vec<Ipv4Addr> = running.iter().filter_map(|t| t.addr).collect();
+    if seen.dns.is_empty() {
+        out.push(format!(
+            "from {source}: {name} does not resolve (nslookup exit {}: {:?}); the swarm runs {} tasks",
+            rc(seen.dns_rc),
+            last_line(&seen.dns_text),
+            want.len()
+        ));
+    } else {
+        if seen.dns.len() != want.len() {
+            out.push(format!(
+                "from {source}: {name} resolves to {} addresses {:?}, the swarm runs {} tasks",
+                seen.dns.len(),
+                seen.dns,
+                want.len()
+            ));
+        }
+        for t in running {
+            if let Some(a) = t.addr.filter(|a| !seen.dns.contains(a)) {
+                out.push(format!(
+                    "from {source}: {name} lacks {}'s task at {a}",
+                    t.node
+                ));
+            }
+        }
+        for a in seen.dns.iter().filter(|a| !want.contains(a)) {
+            out.push(format!(
+                "from {source}: {name} resolves to {a}, where the swarm runs no task"
+            ));
+        }
+    }
+    for t in running {
+        let Some(a) = t.addr else { continue };
+        let target = format!("from {source} to {}'s task at {a}", t.node);
+        let Some(answer) = seen.http.get(&a) else {
+            out.push(format!("{target}: not tried"));
+            continue;
+        };
+        match answer.rc {
+            Some(0) => {}
+            Some(124 | 143) => {
+                out.push(format!(
+                    "{target}: HTTP GET: no answer within {HTTP_TIMEOUT_S} s"
+                ));
+                continue;
+            }
+            other => {
+                out.push(format!(
+                    "{target}: HTTP GET failed (nc exit {}: {:?})",
+                    rc(other),
+                    last_line(&answer.text)
+                ));
+                continue;
+            }
+        }
+        let status = answer.text.lines().next().unwrap_or("");
+        if status.split_whitespace().nth(1) != Some("200") {
+            out.push(format!("{target}: HTTP GET answered {status:?}"));
+        } else if page_node(&answer.text) != Some(t.node.as_str()) {
+            out.push(format!(
+                "{target}: the page names {}, not {}",
+                page_node(&answer.text).unwrap_or("no node"),
+                t.node
+            ));
+        }
+    }
+    out
+}
+
+/// Whether the user's application works across the swarm: from every node,
+/// inside its running probe task, `tasks.probe` must resolve (Docker's
+/// embedded DNS) to the address of every task the swarm runs, and an HTTP
+/// GET to each of those addresses (over the overlay network, VXLAN between
+/// nodes) must return 200 and the page of the task's node. The tasks'
+/// addresses are the swarm's (`.NetworksAttachments` on the `app` network,
+/// from the first manager that answers), cross-checked with DNS. One line
+/// per failure, naming the source node, the target's node and address and
+/// what failed; empty when all is good. Every node at once; a dead path
+/// fails within seconds (3 s for a GET, 5 s for DNS).
+pub fn data_plane(lab: &Lab) -> Result<Vec<String>> {
+    let mut last = None;
+    let mut tasks = None;
+    for m in lab.managers() {
+        match swarm::probe_tasks(lab, &m.name) {
+            Ok(t) => {
+                tasks = Some(t);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(tasks) = tasks else {
+        return Err(last.unwrap_or_else(|| LabError::Invalid("the lab has no manager".into())));
+    };
+    let mut out = Vec::new();
+    for t in &tasks {
+        if t.state != "running" {
+            out.push(format!(
+                "swarm: task {} on {} is {}, not running",
+                t.id, t.node, t.state
+            ));
+        } else if t.addr.is_none() {
+            out.push(format!(
+                "swarm: task {} on {} has no address on {}",
+                t.id,
+                t.node,
+                swarm::NETWORK
+            ));
+        }
+    }
+    let running: Vec<swarm::ProbeTask> = tasks
+        .into_iter()
+        .filter(|t| t.state == "running" && t.addr.is_some())
+        .collect();
+    let targets: Vec<String> = running
+        .iter()
+        .filter_map(|t| t.addr.map(|a| a.to_string()))
+        .collect();
+    let script = DATA_PLANE_SCRIPT
+        .replace("@TARGETS@", &targets.join(" "))
+        .replace("@SERVICE@", swarm::SERVICE)
+        .replace("@NODE@", &NODE_TIMEOUT_S.to_string())
+        .replace("@DNS@", &DNS_TIMEOUT_S.to_string())
+        .replace("@HTTP@", &HTTP_TIMEOUT_S.to_string())
+        .replace("@PORT@", &swarm::PROBE_PORT.to_string());
+    let sources: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
+    let seen = par_map(&sources, |n| Ok(lab.sh(n, &script)))?;
+    for (n, s) in sources.iter().zip(seen) {
+        match s {
+            Ok(text) => out.extend(judge(n, &parse_seen(&text), &running)),
+            Err(e) => out.push(format!("from {n}: the check could not run: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+/// [`data_plane`] again every 2 s until it finds nothing or `timeout`
+/// passed: the failures of the last check (empty when it held) and how
+/// long it took. A check that cannot run counts as a failure.
+pub fn wait_data_plane(lab: &Lab, timeout: Duration) -> (Vec<String>, Duration) {
+    let started = Instant::now();
+    loop {
+        let failures = data_plane(lab)
+            .unwrap_or_else(|e| vec![format!("the data plane cannot be checked: {e}")]);
+        if failures.is_empty() || started.elapsed() >= timeout {
+            return (failures, started.elapsed());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 pub fn say(msg: String) {
@@ -534,9 +882,11 @@ impl<'a> Run<'a> {
         o
     }
 
-    /// Recovered, nothing lost, and no task stopped more than once.
+    /// Recovered, nothing lost, the data plane whole, and no task stopped
+    /// more than once (a recovery may restart any node's dockerd, so every
+    /// node's tasks may have been replaced once).
     pub fn assert_recovered(&self, name: &str, before: &Fingerprint, o: &Outcome) {
-        self.assert_recovered_where(name, before, o, &self.managers);
+        self.assert_recovered_where(name, before, o, &self.nodes);
         let twice = stopped_twice(self.lab, o).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(
             twice.is_empty(),
@@ -544,8 +894,10 @@ impl<'a> Run<'a> {
         );
     }
 
-    /// `restartable`: the nodes whose tasks may have been replaced in place
-    /// (same service, node and slot, running again).
+    /// Converged, whole again with nothing lost ([`losses`]), node IDs kept,
+    /// and the data plane whole ([`data_plane`], given
+    /// [`DATA_PLANE_GRACE`]). `restartable`: the nodes whose tasks may have
+    /// been replaced by a new task in the same slot.
     pub fn assert_recovered_where(
         &self,
         name: &str,
@@ -573,6 +925,16 @@ impl<'a> Run<'a> {
             save_logs(self.lab, name)
         );
         assert_eq!(ids(before), ids(&after), "{name}: node IDs");
+        let (failures, took) = wait_data_plane(self.lab, DATA_PLANE_GRACE);
+        assert!(
+            failures.is_empty(),
+            "{name}: the data plane is not whole {:.0}s after the swarm was: {failures:#?}",
+            took.as_secs_f64()
+        );
+        say(format!(
+            "data plane whole: every task reached by name and address from every node ({:.1}s)",
+            took.as_secs_f64()
+        ));
     }
 }
 
@@ -798,4 +1160,144 @@ fn avahi_restarts_checked(
         )));
     }
     Ok(gave_way)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swarm::{NodeFp, ProbeTask, TaskFp};
+
+    const NSLOOKUP: &str = "Server:\t\t127.0.0.11\nAddress:\t127.0.0.11:53\n\n\
+        Non-authoritative answer:\nName:\ttasks.probe\nAddress: 10.0.1.3\n\
+        Name:\ttasks.probe\nAddress: 10.0.1.7\n";
+
+    fn page(node: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-type: text/html\r\n\r\n\
+             probe node={node} task=probe.1.abc\n"
+        )
+    }
+
+    fn task(node: &str, addr: [u8; 4]) -> ProbeTask {
+        ProbeTask {
+            id: format!("t-{node}"),
+            node: node.into(),
+            state: "running".into(),
+            addr: Some(Ipv4Addr::from(addr)),
+        }
+    }
+
+    #[test]
+    fn nslookup_addresses_skip_the_server_and_read_both_forms() {
+        assert_eq!(
+            parse_nslookup(NSLOOKUP),
+            vec![Ipv4Addr::new(10, 0, 1, 3), Ipv4Addr::new(10, 0, 1, 7)]
+        );
+        let old = "Server:    127.0.0.11\nAddress 1: 127.0.0.11\n\n\
+                   Name:      tasks.probe\nAddress 1: 10.0.1.3 probe.1.x.app\n";
+        assert_eq!(parse_nslookup(old), vec![Ipv4Addr::new(10, 0, 1, 3)]);
+        let missing = "Server:\t\t127.0.0.11\nAddress:\t127.0.0.11:53\n\n\
+                       ** server can't find tasks.probe: NXDOMAIN\n";
+        assert!(parse_nslookup(missing).is_empty());
+    }
+
+    #[test]
+    fn a_whole_data_plane_has_nothing_to_say_and_a_broken_one_names_source_target_and_why() {
+        let out = format!(
+            "@@container 0123abcd\n@@dns 0\n{NSLOOKUP}\
+             @@http 10.0.1.3\n{}@@rc 0\n@@http 10.0.1.7\n{}@@rc 0\n@@done\n@@exec 0\n",
+            page("m1"),
+            page("w2")
+        );
+        let seen = parse_seen(&out);
+        assert_eq!(seen.container.as_deref(), Some("0123abcd"));
+        assert_eq!(
+            (seen.dns_rc, seen.exec_rc, seen.done),
+            (Some(0), Some(0), true)
+        );
+        assert_eq!(seen.http.len(), 2);
+        let running = [task("m1", [10, 0, 1, 3]), task("w2", [10, 0, 1, 7])];
+        assert_eq!(judge("m2", &seen, &running), Vec::<String>::new());
+
+        // w2's task is not in DNS and does not answer; m1's page is wrong.
+        let out = format!(
+            "@@container 0123abcd\n@@dns 0\n\
+             Name:\ttasks.probe\nAddress: 10.0.1.3\n\
+             @@http 10.0.1.3\n{}@@rc 0\n@@http 10.0.1.7\nTerminated\n@@rc 143\n@@done\n@@exec 0\n",
+            page("m3")
+        );
+        let lines = judge("m2", &parse_seen(&out), &running);
+        assert_eq!(
+            lines,
+            vec![
+                "from m2: tasks.probe resolves to 1 addresses [10.0.1.3], the swarm runs 2 tasks",
+                "from m2: tasks.probe lacks w2's task at 10.0.1.7",
+                "from m2 to m1's task at 10.0.1.3: the page names m3, not m1",
+                "from m2 to w2's task at 10.0.1.7: HTTP GET: no answer within 3 s",
+            ]
+        );
+
+        // No task on the node, or the exec hung.
+        assert_eq!(
+            judge("w1", &parse_seen("@@container \n"), &running),
+            vec!["from w1: the node has no running probe task"]
+        );
+        let hung = judge("w1", &parse_seen("@@container ab\n@@exec 124\n"), &running);
+        assert!(hung[0].contains("did not run through") && hung[0].contains("exit 124"));
+    }
+
+    fn fp(tasks: &[(&str, &str, u64)]) -> Fingerprint {
+        Fingerprint {
+            nodes: ["m1", "w1"]
+                .iter()
+                .map(|h| {
+                    (
+                        format!("id-{h}"),
+                        NodeFp {
+                            hostname: h.to_string(),
+                            role: "worker".into(),
+                            availability: "active".into(),
+                            labels: BTreeMap::new(),
+                        },
+                    )
+                })
+                .collect(),
+            services: BTreeMap::new(),
+            tasks: tasks
+                .iter()
+                .map(|(id, node, slot)| {
+                    (
+                        id.to_string(),
+                        TaskFp {
+                            service: "s".into(),
+                            node: format!("id-{node}"),
+                            slot: *slot,
+                            state: "running".into(),
+                        },
+                    )
+                })
+                .collect(),
+            configs: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            settings: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn a_task_replaced_in_its_slot_is_no_loss_on_a_restartable_node_only() {
+        let before = fp(&[("a", "m1", 1), ("b", "w1", 2)]);
+        let after = fp(&[("a", "m1", 1), ("c", "w1", 2)]);
+        let all = ["m1".to_string(), "w1".to_string()];
+        assert!(losses(&before, &after, &all).is_empty());
+        let only_m1 = losses(&before, &after, &all[..1]);
+        assert_eq!(only_m1.len(), 2, "{only_m1:#?}");
+        assert!(only_m1[0].starts_with("task b is gone from a node that was not to restart"));
+        assert!(only_m1[1].starts_with("task c is new, in a slot no task left"));
+        // A new task in a slot nobody left is caught, also with every node
+        // restartable; a slot left and not filled again too.
+        let extra = fp(&[("a", "m1", 1), ("b", "w1", 2), ("d", "w1", 3)]);
+        assert_eq!(losses(&before, &extra, &all).len(), 1);
+        let lost = fp(&[("a", "m1", 1)]);
+        assert!(losses(&before, &lost, &all)[0].contains("gone and not replaced"));
+    }
 }

@@ -15,14 +15,36 @@ use crate::{par_map, wait_for};
 pub const SERVICE: &str = "probe";
 pub const CONFIG: &str = "lab-config";
 pub const SECRET: &str = "lab-secret";
+/// The user's application network: an attachable overlay the probe service
+/// is on, so the lab sees the data plane (VXLAN between the nodes) too.
+pub const NETWORK: &str = "app";
+/// Its subnet, fixed so that no lab subnet can collide with it (the lab
+/// refuses subnets overlapping it, like the ingress network's).
+pub const NETWORK_SUBNET: &str = "10.0.1.0/24";
+/// The port the probe service's tasks serve their page on (`-p` below).
+pub const PROBE_PORT: u16 = 80;
+
+/// What each probe task runs: busybox httpd in the foreground, serving a page
+/// that names its node and task (`probe node=<hostname> task=<task name>`,
+/// from the environment the service sets from templates). httpd as PID 1
+/// ignores SIGTERM (measured: `docker stop` waited out the 10 s grace and
+/// killed it), so a shell stays PID 1 and its trap stops httpd at once; when
+/// httpd dies by itself, the task ends with its status.
+const PROBE_SCRIPT: &str = "trap 'kill $pid; exit 0' TERM; \
+busybox mkdir -p /www && \
+echo \"probe node=$LAB_NODE task=$LAB_TASK\" > /www/index.html || exit 1; \
+busybox httpd -f -p 80 -h /www & pid=$!; \
+wait $pid";
 
 /// How long one question to a manager may take: a manager without a leader can
 /// otherwise hang for its full RPC timeout.
 const QUERY_TIMEOUT_S: &str = "10";
 
 /// Forms the swarm: m1 initialises it, the other managers join one at a time,
-/// workers join together; then labels, a config, a secret, and a service with
-/// one task on every node.
+/// workers join together; then labels, a config, a secret, the overlay
+/// network [`NETWORK`], and a service with one task on every node, serving
+/// HTTP on that network (endpoint mode dnsrr: this kernel has no IPVS for
+/// VIPs).
 pub fn form(lab: &Lab) -> Result<()> {
     let first = lab
         .managers()
@@ -98,6 +120,20 @@ pub fn form(lab: &Lab) -> Result<()> {
         &["docker", "secret", "create", SECRET, "-"],
         b"lab secret\n",
     )?;
+    lab.exec(
+        &first,
+        &[
+            "docker",
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--attachable",
+            "--subnet",
+            NETWORK_SUBNET,
+            NETWORK,
+        ],
+    )?;
     let replicas = lab.nodes().len().to_string();
     lab.exec(
         &first,
@@ -113,6 +149,14 @@ pub fn form(lab: &Lab) -> Result<()> {
             "--replicas-max-per-node",
             "1",
             "--no-resolve-image",
+            "--network",
+            NETWORK,
+            "--endpoint-mode",
+            "dnsrr",
+            "--env",
+            "LAB_NODE={{.Node.Hostname}}",
+            "--env",
+            "LAB_TASK={{.Task.Name}}",
             "--config",
             &format!("source={CONFIG},target=/etc/lab-config"),
             "--secret",
@@ -120,11 +164,9 @@ pub fn form(lab: &Lab) -> Result<()> {
             "--label",
             "lab=probe",
             WORKLOAD_IMAGE,
-            // Like a well-behaved service: it stops at once on SIGTERM (a
-            // bare `sleep` as PID 1 ignores it and waits out the 10 s grace).
             "sh",
             "-c",
-            "trap 'exit 0' TERM; sleep 2000000000 & wait",
+            PROBE_SCRIPT,
         ],
     )?;
     wait_healthy(lab, Duration::from_secs(120))?;
@@ -433,6 +475,70 @@ fn tasks(lab: &Lab, via: &str) -> Result<BTreeMap<String, TaskFp>> {
         .collect())
 }
 
+/// One task of the probe service as the swarm sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTask {
+    pub id: String,
+    /// The hostname of its node (its node ID if no node has that ID).
+    pub node: String,
+    pub state: String,
+    /// Its address on [`NETWORK`], if it has one.
+    pub addr: Option<Ipv4Addr>,
+}
+
+/// The probe service's tasks that should run, with their addresses on
+/// [`NETWORK`] (`.NetworksAttachments[].Addresses`), as manager `via` sees them.
+pub fn probe_tasks(lab: &Lab, via: &str) -> Result<Vec<ProbeTask>> {
+    let out = lab.sh(
+        via,
+        &format!(
+            "ids=$(timeout {QUERY_TIMEOUT_S} docker service ps -q --no-trunc --filter desired-state=running {SERVICE}); \
+             [ -z \"$ids\" ] || timeout {QUERY_TIMEOUT_S} docker inspect --type task --format \
+               '{{{{.ID}}}} {{{{.NodeID}}}} {{{{.Status.State}}}}{{{{range .NetworksAttachments}}}} {{{{.Network.Spec.Name}}}}={{{{join .Addresses \",\"}}}}{{{{end}}}}' $ids"
+        ),
+    )?;
+    let hostnames: BTreeMap<String, String> = nodes(lab, via)?
+        .into_iter()
+        .map(|n| (n.id, n.hostname))
+        .collect();
+    let mut tasks = parse_probe_tasks(&out, NETWORK)
+        .map_err(|line| LabError::Invalid(format!("tasks on {via}: cannot read {line:?}")))?;
+    for t in &mut tasks {
+        if let Some(h) = hostnames.get(&t.node) {
+            t.node = h.clone();
+        }
+    }
+    Ok(tasks)
+}
+
+/// Reads `<task ID> <node ID> <state>[ <network>=<addr/len>[,...]]...`, one
+/// task a line; the node stays an ID. Err: the first line it cannot read.
+fn parse_probe_tasks(out: &str, network: &str) -> std::result::Result<Vec<ProbeTask>, String> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut f = line.split_whitespace();
+            let (Some(id), Some(node), Some(state)) = (f.next(), f.next(), f.next()) else {
+                return Err(line.to_string());
+            };
+            let addr = f
+                .filter_map(|a| a.split_once('='))
+                .find(|(net, _)| *net == network)
+                .and_then(|(_, addrs)| {
+                    addrs
+                        .split(',')
+                        .find_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+                });
+            Ok(ProbeTask {
+                id: id.to_string(),
+                node: node.to_string(),
+                state: state.to_string(),
+                addr,
+            })
+        })
+        .collect()
+}
+
 /// How many tasks each slot was given since `since_s` (Unix seconds), for
 /// the slots given any: `(service ID, slot)` → count (a global service's
 /// "slot" is its node ID). Read from the tasks' history (`docker service ps`
@@ -681,6 +787,19 @@ mod tests {
         assert!(diff[1].starts_with("task t1 is gone"));
         assert!(diff[2].starts_with("secret x2 is new"));
         assert!(diff[3].starts_with("swarm settings changed"));
+    }
+
+    #[test]
+    fn parses_probe_tasks_and_their_address_on_the_app_network() {
+        let out = "t1 n1 running app=10.0.1.3/24\n\
+                   t2 n2 running ingress=10.0.0.4/24 app=10.0.1.7/24,10.0.1.8/24\n\
+                   t3 n3 pending\n";
+        let tasks = parse_probe_tasks(out, "app").expect("parses");
+        assert_eq!(tasks.len(), 3);
+        assert_eq!(tasks[0].addr, Some(Ipv4Addr::new(10, 0, 1, 3)));
+        assert_eq!(tasks[1].addr, Some(Ipv4Addr::new(10, 0, 1, 7)));
+        assert_eq!((tasks[2].state.as_str(), tasks[2].addr), ("pending", None));
+        assert_eq!(parse_probe_tasks("t1 n1", "app"), Err("t1 n1".to_string()));
     }
 
     #[test]

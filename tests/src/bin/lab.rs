@@ -111,6 +111,13 @@ enum Command {
         #[command(flatten)]
         which: Which,
     },
+    /// Check the data plane: from every node, inside its probe task, every
+    /// task of the service by name (tasks.probe) and by address (HTTP GET
+    /// over the overlay network). Prints each failure; exits 1 if any.
+    DataPlane {
+        #[command(flatten)]
+        which: Which,
+    },
     /// Remove labs completely (containers, networks, host iptables rules).
     Down {
         /// Labs to remove (default: the only lab).
@@ -161,8 +168,8 @@ enum Command {
 
 /// Moves every host `runs` times; (time to a leader, time to convergence)
 /// of each run, in seconds. A run that does not converge, loses anything,
-/// stops a task twice, is not stable for 60 s or not whole after the
-/// leader's dockerd restarts is an error.
+/// stops a task twice, is not stable for 60 s or not whole (its data plane
+/// too) after the leader's dockerd restarts is an error.
 fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     use swarm_glue_lab::recovery;
     recovery::install_and_confirm(
@@ -204,7 +211,8 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
         };
         // Not timed: every task back, then nothing may have changed.
         let after = recovery::whole_again(lab, Duration::from_secs(120))?;
-        let mut losses = recovery::losses(&before, &after, &managers);
+        // A recovery may restart any node's dockerd.
+        let mut losses = recovery::losses(&before, &after, &all);
         losses.extend(recovery::stopped_twice(lab, &o)?);
         if !losses.is_empty() || recovery::ids(&before) != recovery::ids(&after) {
             bail!(
@@ -334,6 +342,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Fingerprint { which } => {
             let fp = swarm::fingerprint_any(&open(&which)?)?;
             println!("{}", serde_json::to_string_pretty(&fp)?);
+        }
+        Command::DataPlane { which } => {
+            let lab = open(&which)?;
+            let started = Instant::now();
+            let failures = swarm_glue_lab::recovery::data_plane(&lab)?;
+            let took = started.elapsed().as_secs_f64();
+            if !failures.is_empty() {
+                for f in &failures {
+                    println!("{f}");
+                }
+                bail!(
+                    "the data plane check found {} failures ({took:.1}s)",
+                    failures.len()
+                );
+            }
+            println!(
+                "data plane whole: every {} task reached by name and address from every node ({took:.1}s)",
+                swarm::SERVICE
+            );
         }
         Command::Down { labs, all } => {
             let labs = if all {
