@@ -96,6 +96,11 @@ pub struct Recovery {
     /// addresses, and gets these rules until Docker sees it again.
     #[serde(default)]
     pub last_map: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// Every node's remembered address when the move was detected: a node
+    /// down through the recovery is in no map, yet its dockerd may come
+    /// back holding its address from then.
+    #[serde(default)]
+    pub before: BTreeMap<String, Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +213,23 @@ pub fn rewrites_for(map: &BTreeMap<Ipv4Addr, Ipv4Addr>, own: Option<Ipv4Addr>) -
             to: *to,
         })
         .collect()
+}
+
+/// Old → current address of every node this recovery knows moved: its map,
+/// the map clean-up keeps, and each node seen now away from where it was
+/// when the move was detected.
+pub fn moved(rec: &Recovery, current: &BTreeMap<String, Ipv4Addr>) -> BTreeMap<Ipv4Addr, Ipv4Addr> {
+    let mut out = rec.last_map.clone();
+    out.extend(rec.map.iter().map(|(a, b)| (*a, *b)));
+    for (id, was) in &rec.before {
+        match current.get(id) {
+            Some(now) if now != was => {
+                out.entry(*was).or_insert(*now);
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The last recovery's map, without rules for an address a node uses now.
@@ -374,6 +396,11 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             next = Recovery {
                 phase: Phase::Rewrite,
                 started_ms: Some(obs.now_ms),
+                before: memory
+                    .nodes
+                    .keys()
+                    .filter_map(|id| Some((id.clone(), remembered_addr(memory, id)?)))
+                    .collect(),
                 ..Recovery::default()
             };
             actions.push(Action::Timeline(format!(
@@ -442,7 +469,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         // addresses follow only a restart, so a node that still holds an
         // old one is restarted (one at a time) before the rules go.
         // Judged only on a round where every node up has said what it holds.
-        let stale = with_marked(stale_nodes(obs, &next.map, &current), obs);
+        let stale = with_marked(stale_nodes(obs, &moved(&next, &current), &current), obs);
         let all_read = current
             .keys()
             .all(|id| *id == memory.node_id || obs.agents.contains_key(id))
@@ -550,7 +577,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     // old addresses too: it keeps the last rules until it is restarted.
     let stale_late = if next.phase == Phase::CleanUp && matches!(obs.health, Health::Healthy { .. })
     {
-        with_marked(stale_nodes(obs, &next.last_map, &current), obs)
+        with_marked(stale_nodes(obs, &moved(&next, &current), &current), obs)
     } else {
         BTreeMap::new()
     };
@@ -1629,8 +1656,11 @@ mod tests {
             quorum_ms: Some(995_000),
             ..Recovery::default()
         };
-        // w2 was down through the recovery; its dockerd came back pinned
-        // to its old address.
+        // w2 was down through the recovery, so it is in no map; its dockerd
+        // came back pinned to its old address.
+        let mut rec = rec;
+        rec.last_map.remove(&ip("10.0.1.5"));
+        rec.before.insert("w2".into(), ip("10.0.1.5"));
         let w2 = o
             .agents
             .get_mut("w2")

@@ -880,9 +880,7 @@ impl Recoverer {
             for (id, (_, to)) in &obs.pending {
                 managers.entry(id.clone()).or_insert(*to);
             }
-            // Clean-up keeps the recovery's map as the last one.
-            let mut map = p.next.last_map.clone();
-            map.extend(p.next.map.iter().map(|(a, b)| (*a, *b)));
+            let map = plan::moved(&p.next, &plan::current_addrs(&obs, memory));
             let env = readdress::Env {
                 ctx: ctx.clone(),
                 managers,
