@@ -52,7 +52,7 @@ package-checks: packages
 
 ## The lab installs the package (and, in one scenario, the image) on its managers.
 lab-tests: packages image
-	$(CARGO) test -p swarm-glue-lab --test baseline --test manager --test recovery --test package -- --nocapture
+	$(CARGO) test -p swarm-glue-lab --test baseline --test manager --test recovery --test pinned --test package -- --nocapture
 
 RECOVERY_RUNS ?= 5
 

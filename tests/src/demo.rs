@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::lab::{Addressing, Lab, LabSpec};
 use crate::rng::Rng;
-use crate::{recovery, swarm};
+use crate::{availability, recovery, swarm};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -90,6 +90,9 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
 
     let target = lab.free_subnet()?;
     let seed = opts.seed.unwrap_or_else(Rng::fresh_seed);
+    // Every node asks the service every 0.5 s from now until the data plane
+    // is checked below: the application's view of the recovery.
+    let probe = availability::Probe::start(&lab, &names)?;
     let moved_wall = std::time::SystemTime::now();
     let report = lab.move_nodes(&names, target, Addressing::Shuffled { seed })?;
     let moved_at = Instant::now() - report.took;
@@ -155,6 +158,10 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
     } else {
         format!("{}_failed", failures.len())
     };
+    let app = probe.finish(moved_wall)?;
+    for l in app.lines() {
+        t.say(l);
+    }
     let (ids_kept, lost) = match recovery::fingerprint(&lab) {
         Ok(after) => {
             // A recovery may restart any node's dockerd.
@@ -175,10 +182,12 @@ pub fn run(opts: &DemoOptions) -> Result<String> {
         }
     };
     let result = format!(
-        "RESULT quorum_s={} converged_s={} nodes={} ids_kept={ids_kept} lost={lost} rewrites_left={rewrites_left} data_plane={data_plane}",
+        "RESULT quorum_s={} converged_s={} nodes={} ids_kept={ids_kept} lost={lost} rewrites_left={rewrites_left} data_plane={data_plane} app_s={} app_gap_s={:.1}",
         recovery::secs(outcome.quorum),
         recovery::secs(outcome.converged),
         lab.nodes().len(),
+        recovery::secs(app.app_s.map(Duration::from_secs_f64)),
+        app.app_gap_s,
     );
     if opts.keep {
         t.say(format!(

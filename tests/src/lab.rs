@@ -86,6 +86,10 @@ pub struct LabSpec {
     pub keep: bool,
     /// Form a swarm with a service, labels, a config and a secret.
     pub swarm: bool,
+    /// Every address pinned when the swarm is formed: `--listen-addr IP:2377`
+    /// and `--data-path-addr IP` besides `--advertise-addr IP` (workers:
+    /// the data path too), as operators with several interfaces do.
+    pub pinned: bool,
 }
 
 impl Default for LabSpec {
@@ -96,6 +100,7 @@ impl Default for LabSpec {
             subnet: None,
             keep: false,
             swarm: true,
+            pinned: false,
         }
     }
 }
@@ -283,7 +288,7 @@ impl Lab {
             lab.timings.boot = boot_started.elapsed();
             if spec.swarm {
                 let swarm_started = Instant::now();
-                crate::swarm::form(&lab)?;
+                crate::swarm::form(&lab, spec.pinned)?;
                 lab.timings.swarm = swarm_started.elapsed();
             }
             Ok(())

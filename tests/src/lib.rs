@@ -1,6 +1,7 @@
 //! The swarm-glue lab: real, systemd-booted Docker Swarm nodes on one machine
 //! that can be moved to new networks. See tests/README.md.
 
+pub mod availability;
 pub mod demo;
 pub mod docker;
 pub mod error;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::availability;
 use crate::error::{LabError, Result};
 use crate::glue::{self, Artefacts, Install};
 use crate::lab::Lab;
@@ -277,6 +278,11 @@ pub struct Outcome {
     pub pending: Vec<String>,
     /// When the move began, Unix seconds (rounded down).
     pub moved_unix_s: u64,
+    /// The same, Unix ms.
+    pub moved_unix_ms: u64,
+    /// What the availability probe saw, when one ran through the watch
+    /// ([`Run::move_only`]).
+    pub app: Option<availability::Figures>,
 }
 
 /// Polls the moved swarm until it has converged or `timeout` passed since
@@ -296,6 +302,7 @@ pub fn watch(
         ..Outcome::default()
     };
     let moved_system = SystemTime::now() - moved_at.elapsed();
+    o.moved_unix_ms = unix_ms(moved_system);
     while moved_at.elapsed() < timeout {
         if o.quorum.is_none() {
             o.quorum = quorum_after(lab, managers, moved_system);
@@ -849,10 +856,16 @@ impl<'a> Run<'a> {
         (outcome, before)
     }
 
-    /// Moves and watches; `during` runs right after the move.
+    /// Moves and watches; `during` runs right after the move. The
+    /// availability probe ([`availability`]) runs on every node from right
+    /// before the move until the swarm converged and its data plane is
+    /// whole (or [`DATA_PLANE_GRACE`] passed); its figures are in
+    /// [`Outcome::app`].
     pub fn move_only(&self, name: &str, which: &[String], during: impl FnOnce(Instant)) -> Outcome {
         let target = self.lab.free_subnet().expect("a free subnet");
         let seed = crate::rng::Rng::fresh_seed();
+        let probe = availability::Probe::start(self.lab, &self.nodes)
+            .unwrap_or_else(|e| panic!("{name}: the availability probe: {e}"));
         let report = self
             .lab
             .move_nodes(which, target, crate::Addressing::Shuffled { seed })
@@ -860,7 +873,7 @@ impl<'a> Run<'a> {
         let moved_at = Instant::now() - report.took;
         println!("{name}: {report}");
         during(moved_at);
-        let o = watch(
+        let mut o = watch(
             self.lab,
             &self.managers,
             &self.nodes,
@@ -879,6 +892,10 @@ impl<'a> Run<'a> {
             secs_f64(o.converged),
             "s",
         );
+        let app = finish_probe(self.lab, probe, &o)
+            .unwrap_or_else(|e| panic!("{name}: the availability probe: {e}"));
+        bench_app(name, &app);
+        o.app = Some(app);
         o
     }
 
@@ -935,7 +952,62 @@ impl<'a> Run<'a> {
             "data plane whole: every task reached by name and address from every node ({:.1}s)",
             took.as_secs_f64()
         ));
+        if let Some(app) = &o.app {
+            assert!(
+                app.app_gap_s == 0.0,
+                "{name}: once the swarm had a leader again, some node got no answer from any task of the service for {:.1}s: {:#?}\nevery node's windows: {:#?}",
+                app.app_gap_s,
+                app.gaps(),
+                app.lines()
+            );
+        }
     }
+}
+
+/// Ends an availability probe started right before a move watched into
+/// `o`: once the swarm converged, it waits until the data plane is whole
+/// (at most [`DATA_PLANE_GRACE`]: the recovery's last restarted tasks are
+/// gossiped), then stops the probe and returns its figures, every node's
+/// windows told.
+pub fn finish_probe(
+    lab: &Lab,
+    probe: availability::Probe<'_>,
+    o: &Outcome,
+) -> Result<availability::Figures> {
+    if o.converged.is_some() {
+        let (failures, took) = wait_data_plane(lab, DATA_PLANE_GRACE);
+        if !failures.is_empty() {
+            say(format!(
+                "the availability probe stops with the data plane not whole after {:.0}s: {} failures",
+                took.as_secs_f64(),
+                failures.len()
+            ));
+        }
+    }
+    let moved = UNIX_EPOCH + Duration::from_millis(o.moved_unix_ms);
+    let mut app = probe.finish(moved)?;
+    if let Some(q) = o.quorum {
+        app.count_gaps_from(o.moved_unix_ms + q.as_millis() as u64);
+    }
+    for l in app.lines() {
+        say(l);
+    }
+    Ok(app)
+}
+
+/// `recovery.<case>.app_s` and `.app_gap_s` (and `.app_remote_gap_s`).
+pub fn bench_app(case: &str, app: &availability::Figures) {
+    crate::bench(
+        &format!("recovery.{case}.app_s"),
+        app.app_s.unwrap_or(f64::NAN),
+        "s",
+    );
+    crate::bench(&format!("recovery.{case}.app_gap_s"), app.app_gap_s, "s");
+    crate::bench(
+        &format!("recovery.{case}.app_remote_gap_s"),
+        app.remote_gap_s,
+        "s",
+    );
 }
 
 fn secs_f64(d: Option<Duration>) -> f64 {

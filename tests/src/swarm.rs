@@ -45,7 +45,7 @@ const QUERY_TIMEOUT_S: &str = "10";
 /// network [`NETWORK`], and a service with one task on every node, serving
 /// HTTP on that network (endpoint mode dnsrr: this kernel has no IPVS for
 /// VIPs).
-pub fn form(lab: &Lab) -> Result<()> {
+pub fn form(lab: &Lab, pinned: bool) -> Result<()> {
     let first = lab
         .managers()
         .next()
@@ -57,42 +57,40 @@ pub fn form(lab: &Lab) -> Result<()> {
             .ok_or_else(|| LabError::Invalid(format!("{n} has no address")))
     };
     let first_addr = addr(&first)?;
-    lab.exec(
-        &first,
-        &[
-            "docker",
-            "swarm",
-            "init",
-            "--advertise-addr",
-            &first_addr.to_string(),
-        ],
-    )?;
+    // `--advertise-addr IP` always; pinned: the listener and the data path
+    // too (a manager's listener only: a worker serves no raft port).
+    let pins = |ip: Ipv4Addr, manager: bool| -> Vec<String> {
+        let mut args = vec!["--advertise-addr".to_string(), ip.to_string()];
+        if pinned {
+            args.extend(["--data-path-addr".to_string(), ip.to_string()]);
+            if manager {
+                args.extend(["--listen-addr".to_string(), format!("{ip}:2377")]);
+            }
+        }
+        args
+    };
+    let mut init = vec!["docker".to_string(), "swarm".into(), "init".into()];
+    init.extend(pins(first_addr, true));
+    lab.exec(&first, &init.iter().map(String::as_str).collect::<Vec<_>>())?;
     let token = |kind: &str| lab.exec(&first, &["docker", "swarm", "join-token", "-q", kind]);
     let (manager_token, worker_token) = (token("manager")?, token("worker")?);
     let remote = format!("{first_addr}:2377");
-    let join = |node: &str, token: &str| -> Result<()> {
-        let own = addr(node)?.to_string();
-        lab.exec(
-            node,
-            &[
-                "docker",
-                "swarm",
-                "join",
-                "--token",
-                token,
-                "--advertise-addr",
-                &own,
-                &remote,
-            ],
-        )
-        .map(|_| ())
+    let join = |node: &str, token: &str, manager: bool| -> Result<()> {
+        let mut cmd = vec!["docker", "swarm", "join", "--token", token]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        cmd.extend(pins(addr(node)?, manager));
+        cmd.push(remote.clone());
+        lab.exec(node, &cmd.iter().map(String::as_str).collect::<Vec<_>>())
+            .map(|_| ())
     };
     // Raft membership changes one at a time; workers need no consensus.
     for m in lab.managers().skip(1) {
-        join(&m.name, &manager_token)?;
+        join(&m.name, &manager_token, true)?;
     }
     let workers: Vec<String> = lab.workers().map(|w| w.name.clone()).collect();
-    par_map(&workers, |w| join(w, &worker_token))?;
+    par_map(&workers, |w| join(w, &worker_token, false))?;
 
     for node in lab.nodes() {
         lab.exec(

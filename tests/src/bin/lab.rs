@@ -39,6 +39,10 @@ enum Command {
         /// Boot the nodes but form no swarm.
         #[arg(long)]
         no_swarm: bool,
+        /// Pin every address when forming the swarm (--listen-addr IP:2377
+        /// and --data-path-addr IP besides --advertise-addr IP).
+        #[arg(long)]
+        pinned: bool,
     },
     /// Show the lab's nodes, addresses and the swarm as the managers see it.
     Status {
@@ -118,6 +122,15 @@ enum Command {
         #[command(flatten)]
         which: Which,
     },
+    /// The availability probe: every node asks the probe service every
+    /// 0.5 s from inside its running task's network namespace (see
+    /// availability.rs); `lab move` notes the move on the nodes it runs on.
+    Probe {
+        #[command(flatten)]
+        which: Which,
+        #[command(subcommand)]
+        action: ProbeAction,
+    },
     /// Remove labs completely (containers, networks, host iptables rules).
     Down {
         /// Labs to remove (default: the only lab).
@@ -166,11 +179,36 @@ enum Command {
     },
 }
 
-/// Moves every host `runs` times; (time to a leader, time to convergence)
-/// of each run, in seconds. A run that does not converge, loses anything,
-/// stops a task twice, is not stable for 60 s or not whole (its data plane
-/// too) after the leader's dockerd restarts is an error.
-fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+#[derive(Subcommand)]
+enum ProbeAction {
+    /// Start it on every running node (a running probe starts again, its
+    /// log emptied); it stops by itself after --minutes.
+    Start {
+        #[arg(long, default_value_t = 15)]
+        minutes: u64,
+    },
+    /// Stop it and print the report.
+    Stop {
+        /// Measure from this moment (Unix ms; default: the last `lab move`
+        /// since the probe started, else its start).
+        #[arg(long)]
+        since: Option<u64>,
+    },
+    /// Print the figures and every node's windows so far.
+    Report {
+        /// As for `stop`.
+        #[arg(long)]
+        since: Option<u64>,
+    },
+}
+
+/// Moves every host `runs` times; (time to a leader, time to convergence,
+/// `app_s` of the availability probe) of each run, in seconds. A run that
+/// does not converge, leaves some node without any answer from the service
+/// once it was available (`app_gap_s` > 0) or never all-green, loses
+/// anything, stops a task twice, is not stable for 60 s or not whole (its
+/// data plane too) after the leader's dockerd restarts is an error.
+fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     use swarm_glue_lab::recovery;
     recovery::install_and_confirm(
         lab,
@@ -180,10 +218,11 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
     )?;
     let managers = lab.manager_names();
     let all: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
-    let (mut quorum, mut converged) = (Vec::new(), Vec::new());
+    let (mut quorum, mut converged, mut app) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs.max(1) {
         let before = recovery::fingerprint(lab)?;
         let target = lab.free_subnet()?;
+        let probe = swarm_glue_lab::availability::Probe::start(lab, &all)?;
         let report = lab.move_nodes(&all, target, Addressing::Shuffled { seed: run as u64 })?;
         let moved_at = Instant::now() - report.took;
         let o = recovery::watch(
@@ -209,6 +248,17 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
                 recovery::save_logs(lab, &format!("run{run}"))
             );
         };
+        let figures = recovery::finish_probe(lab, probe, &o)?;
+        let Some(app_s) = figures.app_s.filter(|_| figures.app_gap_s == 0.0) else {
+            bail!(
+                "run {run}: the service was not answering every node all the time (app_gap_s={:.1}) \
+                 or not all of them at the end (app_s={:?}): {:#?}\njournals: {}",
+                figures.app_gap_s,
+                figures.app_s,
+                figures.lines(),
+                recovery::save_logs(lab, &format!("run{run}"))
+            );
+        };
         // Not timed: every task back, then nothing may have changed.
         let after = recovery::whole_again(lab, Duration::from_secs(120))?;
         // A recovery may restart any node's dockerd.
@@ -225,15 +275,103 @@ fn bench_recovery(lab: &Lab, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)
         let leader = recovery::stable_then_leader_restart(lab, &managers, &all)
             .with_context(|| format!("run {run}"))?;
         println!(
-            "run {run}: leader after {:.1}s, converged after {:.1}s; node IDs kept, nothing lost, \
+            "run {run}: leader after {:.1}s, converged after {:.1}s, every node answered by every task \
+             after {app_s:.1}s and by some task all along; node IDs kept, nothing lost, \
              no task stopped twice, stable 60 s, whole after {leader}'s dockerd restarted",
             q.as_secs_f64(),
             c.as_secs_f64()
         );
         quorum.push(q.as_secs_f64());
         converged.push(c.as_secs_f64());
+        app.push(app_s);
     }
-    Ok((quorum, converged))
+    Ok((quorum, converged, app))
+}
+
+/// `lab probe ...`.
+fn probe(lab: &Lab, action: ProbeAction) -> anyhow::Result<()> {
+    use swarm_glue_lab::availability as av;
+    let mut nodes = Vec::new();
+    for n in lab.nodes() {
+        if lab.is_running(&n.name)? {
+            nodes.push(n.name.clone());
+        }
+    }
+    let since = match action {
+        ProbeAction::Start { minutes } => {
+            av::start_on(lab, &nodes, Duration::from_secs(minutes.max(1) * 60))?;
+            println!(
+                "availability probe started on {} (stops by itself after {minutes} min); \
+                 `lab probe report` or `lab probe stop` for the figures",
+                nodes.join(", ")
+            );
+            return Ok(());
+        }
+        ProbeAction::Stop { since } => {
+            av::stop_on(lab, &nodes)?;
+            since
+        }
+        ProbeAction::Report { since } => since,
+    };
+    let logs = av::read_logs(lab, &nodes)?;
+    let Some(started) = logs.started.values().max().copied() else {
+        bail!("no availability probe was started in lab {}", lab.name());
+    };
+    // From the last move noted since the probe started, else its start.
+    let moved = since.unwrap_or_else(|| {
+        logs.moved
+            .values()
+            .copied()
+            .filter(|m| *m >= started)
+            .max()
+            .unwrap_or(started)
+    });
+    // To its stop, else (running, or stopped by itself) its last round.
+    let last = logs
+        .rounds
+        .values()
+        .filter_map(|r| r.last().map(|(at, _)| *at + av::INTERVAL_MS))
+        .max()
+        .unwrap_or(moved);
+    let end = logs.stopped.values().copied().max().unwrap_or(last);
+    let running: Vec<&String> = logs
+        .running
+        .iter()
+        .filter(|(_, r)| **r)
+        .map(|(n, _)| n)
+        .collect();
+    println!(
+        "availability probe of lab {}: measured from {moved} (Unix ms; {}) to {end} ({:.1} s){}",
+        lab.name(),
+        if since.is_some() {
+            "as asked"
+        } else if logs.moved.values().any(|m| *m >= started) {
+            "the last move"
+        } else {
+            "no move since it started: its start"
+        },
+        end.saturating_sub(moved) as f64 / 1000.0,
+        if running.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; still running on {}",
+                running
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    let figures = av::figures(&logs.rounds, &nodes, moved, end);
+    for l in figures.lines() {
+        println!("  {l}");
+    }
+    bench("recovery.app_s", figures.app_s.unwrap_or(f64::NAN), "s");
+    bench("recovery.app_gap_s", figures.app_gap_s, "s");
+    bench("recovery.app_remote_gap_s", figures.remote_gap_s, "s");
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -273,6 +411,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             subnet,
             no_swarm,
+            pinned,
         } => {
             let lab = Lab::up(&LabSpec {
                 managers,
@@ -280,6 +419,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 subnet,
                 keep: true,
                 swarm: !no_swarm,
+                pinned,
             })?;
             print_up_timings(&lab);
             println!("lab {} is up", lab.name());
@@ -304,8 +444,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let seed = seed.unwrap_or_else(swarm_glue_lab::rng::Rng::fresh_seed);
                 lab.move_nodes(&nodes, subnet, Addressing::Shuffled { seed })?
             };
+            let moved = std::time::SystemTime::now() - report.took;
+            let all: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
+            swarm_glue_lab::availability::mark_moved(&lab, &all, moved)?;
             println!("{report}");
             bench("lab.move_s", report.took.as_secs_f64(), "s");
+        }
+        Command::Probe { which, action } => {
+            let lab = open(&which)?;
+            probe(&lab, action)?;
         }
         Command::Cut { which, node } => open(&which)?.cut(&node)?,
         Command::Heal { which, node } => open(&which)?.heal(&node)?,
@@ -418,7 +565,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let down = lab.down();
-            let (quorum, converged) = result?;
+            let (quorum, converged, app) = result?;
             down.map_err(|errs| {
                 anyhow::anyhow!(errs
                     .iter()
@@ -437,6 +584,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bench(&format!("{tag}.leader_worst_s"), qw, "s");
             bench(&format!("{tag}.converged_median_s"), cm, "s");
             bench(&format!("{tag}.converged_worst_s"), cw, "s");
+            let (am, aw) = figures(app);
+            bench(&format!("{tag}.app_median_s"), am, "s");
+            bench(&format!("{tag}.app_worst_s"), aw, "s");
         }
         Command::Bench {
             managers,
