@@ -328,18 +328,14 @@ async fn steps(
             let given_up = gave_up.elapsed();
             tokio::time::sleep_until(settled.into()).await;
             let restart = Instant::now();
-            env.ctx
-                .ssh
-                .run(
-                    &t.node,
-                    &t.to.to_string(),
-                    "patching docker-state.json and restarting dockerd",
-                    &restart_script(&env.map, &remotes(env, &t.node)),
-                    b"",
-                    RESTART_TIMEOUT,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let script = restart_script(&env.map, &remotes(env, &t.node));
+            run_restart(
+                env,
+                t,
+                "patching docker-state.json and restarting dockerd",
+                &script,
+            )
+            .await?;
             say(
                 env,
                 format!(
@@ -436,19 +432,8 @@ async fn restart_in_place(
         .mark_restart(&t.node)
         .await
         .map_err(|e| e.to_string())?;
-    let out = env
-        .ctx
-        .ssh
-        .run(
-            &t.node,
-            &t.to.to_string(),
-            "restarting dockerd with its new addresses",
-            &restart_in_place_script(&env.map, &remotes(env, &t.node)),
-            b"",
-            RESTART_TIMEOUT,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let script = restart_in_place_script(&env.map, &remotes(env, &t.node));
+    let out = run_restart(env, t, "restarting dockerd with its new addresses", &script).await?;
     if out.trim() == ALREADY_CURRENT {
         docker
             .unmark_restart(&t.node)
@@ -517,6 +502,22 @@ pub async fn restart_self(
         stale.join(", ")
     ));
     Ok(Outcome::Done)
+}
+
+/// Runs a restart script on `t` over SSH, bounded by [`RESTART_TIMEOUT`].
+async fn run_restart(env: &Env, t: &Target, what: &str, script: &str) -> Result<String, String> {
+    env.ctx
+        .ssh
+        .run(
+            &t.node,
+            &t.to.to_string(),
+            what,
+            script,
+            b"",
+            RESTART_TIMEOUT,
+        )
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// What the in-place restart prints when the node needed none.

@@ -449,8 +449,9 @@ pub struct Figures {
     /// task answers it over no network at all).
     pub remote_available_s: Option<f64>,
     pub remote_gap_s: f64,
-    /// Whether every node's last round before the move was all-green.
-    pub green_before: bool,
+    /// Whether every node's last round before the move was all-green
+    /// (None: some node had no round before it).
+    pub green_before: Option<bool>,
     /// Set by [`Figures::count_gaps_from`].
     pub counted_from_ms: Option<u64>,
     pub nodes: BTreeMap<String, NodeWindows>,
@@ -534,7 +535,7 @@ pub fn figures(
     let mut f = Figures {
         moved_ms: moved,
         end_ms: end,
-        green_before: !rounds.is_empty(),
+        green_before: (!rounds.is_empty()).then_some(true),
         ..Figures::default()
     };
     let mut green_at = Some(moved);
@@ -542,9 +543,10 @@ pub fn figures(
     let mut gap_windows: Vec<(bool, Vec<Span>)> = Vec::new();
     for (node, all) in rounds {
         let before = all.iter().rev().find(|(at, _)| *at < moved);
-        if !before.is_some_and(|(_, r)| is_green(r, expected)) {
-            f.green_before = false;
-        }
+        f.green_before = match (f.green_before, before) {
+            (Some(g), Some((_, r))) => Some(g && is_green(r, expected)),
+            _ => None,
+        };
         let after: Vec<(u64, Round)> = all.iter().filter(|(at, _)| *at >= moved).cloned().collect();
         let own = node.as_str();
         let mut w = NodeWindows {
@@ -649,7 +651,11 @@ impl Figures {
             fmt_opt(self.available_s),
             fmt_opt(self.remote_available_s),
             self.remote_gap_s,
-            if self.green_before { "every node answered by every task" } else { "NOT every node answered by every task" }
+            match self.green_before {
+                Some(true) => "every node answered by every task",
+                Some(false) => "NOT every node answered by every task",
+                None => "not measured",
+            }
         )];
         for (node, w) in &self.nodes {
             let missing = if w.missing.is_empty() {
@@ -854,7 +860,7 @@ mod tests {
         ];
         let rounds = BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]);
         let f = figures(&rounds, &names(), moved, 14_000);
-        assert!(f.green_before);
+        assert_eq!(f.green_before, Some(true));
         assert_eq!(f.app_s, Some(3.1));
         assert_eq!(f.available_s, Some(0.1));
         assert_eq!(f.app_gap_s, 0.0);
@@ -929,7 +935,7 @@ mod tests {
         let r = BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]);
         let f = figures(&r, &names(), 0, 6000);
         assert_eq!((f.available_s, f.app_gap_s), (None, 6.0));
-        assert!(!f.green_before);
+        assert_eq!(f.green_before, None);
         assert!(f.gaps().iter().any(|g| g.contains("never available")));
         // Nothing read at all.
         let f = figures(&BTreeMap::new(), &names(), 0, 1000);
