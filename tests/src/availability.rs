@@ -412,6 +412,17 @@ impl Span {
     }
 }
 
+impl NodeWindows {
+    /// One round without an answer right before the node's client itself
+    /// went away: its dockerd was stopping, its own task first (seen in the
+    /// image scenario: 0.5 s on a manager being re-addressed). The client
+    /// measured its own node's shutdown, not the service.
+    fn client_going(&self, s: &Span) -> bool {
+        s.to_ms - s.from_ms <= INTERVAL_MS * 2
+            && self.no_client.iter().any(|c| c.from_ms == s.to_ms)
+    }
+}
+
 /// What one node's client saw from the move to the end.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeWindows {
@@ -686,7 +697,12 @@ impl Figures {
         let mut out = Vec::new();
         for (node, w) in &self.nodes {
             let s: Vec<Span> = match from {
-                Some(from) => w.no_answer.iter().filter_map(|s| s.after(from)).collect(),
+                Some(from) => w
+                    .no_answer
+                    .iter()
+                    .filter(|s| !w.client_going(s))
+                    .filter_map(|s| s.after(from))
+                    .collect(),
                 None => w.no_answer.clone(),
             };
             if !s.is_empty() {
@@ -721,7 +737,12 @@ impl Figures {
             Some(from) => self
                 .nodes
                 .values()
-                .flat_map(|w| w.no_answer.iter().filter_map(move |s| s.after(from)))
+                .flat_map(|w| {
+                    w.no_answer
+                        .iter()
+                        .filter(|s| !w.client_going(s))
+                        .filter_map(move |s| s.after(from))
+                })
                 .map(|s| s.secs())
                 .fold(0.0, f64::max),
         };
@@ -940,5 +961,30 @@ mod tests {
         // Nothing read at all.
         let f = figures(&BTreeMap::new(), &names(), 0, 1000);
         assert_eq!((f.app_s, f.app_gap_s), (None, 1.0));
+    }
+
+    #[test]
+    fn one_unanswered_round_right_before_the_client_itself_stops_is_its_node_stopping() {
+        let span = |a, b| Span {
+            from_ms: a,
+            to_ms: b,
+        };
+        let w = NodeWindows {
+            no_answer: vec![span(1000, 1500)],
+            no_client: vec![span(1500, 9000)],
+            ..NodeWindows::default()
+        };
+        assert!(w.client_going(&w.no_answer[0]));
+        let longer = NodeWindows {
+            no_answer: vec![span(1000, 4000)],
+            no_client: vec![span(4000, 9000)],
+            ..NodeWindows::default()
+        };
+        assert!(!longer.client_going(&longer.no_answer[0]), "a real gap");
+        let client_stays = NodeWindows {
+            no_answer: vec![span(1000, 1500)],
+            ..NodeWindows::default()
+        };
+        assert!(!client_stays.client_going(&client_stays.no_answer[0]));
     }
 }
