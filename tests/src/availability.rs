@@ -414,8 +414,7 @@ impl Span {
 
 impl NodeWindows {
     /// One round without an answer right before the node's client itself
-    /// went away: its dockerd was stopping, its own task first (seen in the
-    /// image scenario: 0.5 s on a manager being re-addressed). The client
+    /// went away: its dockerd was stopping, its own task first. The client
     /// measured its own node's shutdown, not the service.
     fn client_going(&self, s: &Span) -> bool {
         s.to_ms - s.from_ms <= INTERVAL_MS * 2
