@@ -6,10 +6,12 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::dockerd::DockerdWatch;
 use crate::netfilter::{self, Netfilter};
+use crate::overlay::{self, Tunnels};
 use crate::protocol::{
     open_command, AgentStatus, CommandBody, CommandContext, Outcome, PublicKey, Refusal,
     RefusalCode, Reply, Rewrite, SigningKey, TrustSet, VERSION,
@@ -40,6 +42,18 @@ pub struct Agent {
     /// This node's dockerd, reported in every status (none in tests that
     /// have no dockerd).
     dockerd: Option<DockerdWatch>,
+    /// Docker's overlay tunnels, kept open to moved peers while a set is in
+    /// force (none in tests that have no dockerd).
+    tunnels: Option<TunnelKeeper>,
+}
+
+struct TunnelKeeper {
+    tunnels: Box<dyn Tunnels>,
+    /// Learning is known to be on again everywhere since the empty set: no
+    /// need to look until a set is in force again.
+    restored: AtomicBool,
+    /// The last pass's errors, logged when they change.
+    last_errors: Mutex<String>,
 }
 
 /// What the agent saw at its last apply or check.
@@ -101,6 +115,7 @@ impl Agent {
                 nf,
                 resetter,
                 dockerd: None,
+                tunnels: None,
             },
             loaded,
         ))
@@ -110,6 +125,51 @@ impl Agent {
     pub fn with_dockerd(mut self, watch: DockerdWatch) -> Self {
         self.dockerd = Some(watch);
         self
+    }
+
+    /// Keeps `tunnels` open to moved peers while a set is in force.
+    pub fn with_tunnels(mut self, tunnels: Box<dyn Tunnels>) -> Self {
+        self.tunnels = Some(TunnelKeeper {
+            tunnels,
+            restored: AtomicBool::new(false),
+            last_errors: Mutex::new(String::new()),
+        });
+        self
+    }
+
+    /// Turns learning off on every overlay tunnel while a set is in force,
+    /// and back on with the empty set (see [`overlay`]). Cheap when there
+    /// is nothing to do; run every second, since a dockerd that restarts
+    /// during a recovery makes its tunnels anew.
+    pub fn keep_tunnels(&self) {
+        let Some(k) = &self.tunnels else { return };
+        let in_force = !self.state().rewrites.is_empty();
+        if !in_force && k.restored.load(Ordering::SeqCst) {
+            return;
+        }
+        let held = overlay::hold(k.tunnels.as_ref(), !in_force);
+        for t in &held.changed {
+            tracing::info!(
+                "overlay tunnel {} in {}: learning {}",
+                t.device,
+                t.netns.display(),
+                if in_force {
+                    "off while rewrites are in force"
+                } else {
+                    "on again"
+                }
+            );
+        }
+        let errors: Vec<String> = held.errors.iter().map(ToString::to_string).collect();
+        let errors = errors.join("; ");
+        if let Ok(mut last) = k.last_errors.lock() {
+            if *last != errors && !errors.is_empty() {
+                tracing::warn!("overlay tunnels: {errors}");
+            }
+            *last = errors.clone();
+        }
+        k.restored
+            .store(!in_force && errors.is_empty(), Ordering::SeqCst);
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -356,6 +416,7 @@ impl Agent {
             &self.ports,
         )
         .map_err(|e| e.to_string())?;
+        self.keep_tunnels();
         let lost: Vec<Ipv4Addr> = match (last.as_ref().and_then(|l| l.local.as_ref()), &local) {
             (Some(before), Some(now)) => before.difference(now).copied().collect(),
             _ => Vec::new(),

@@ -31,6 +31,9 @@ pub struct Config {
     pub udp_ports: Vec<u16>,
     /// The Docker socket, read (`GET /info`) for the addresses dockerd holds.
     pub docker_socket: PathBuf,
+    /// Where dockerd keeps its network namespaces (under its exec root): the
+    /// overlay tunnels the agent opens to moved peers.
+    pub docker_netns_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             tcp_ports: ports.tcp,
             udp_ports: ports.udp,
             docker_socket: PathBuf::from("/var/run/docker.sock"),
+            docker_netns_dir: PathBuf::from("/var/run/docker/netns"),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod dockerd;
 pub mod logging;
 pub mod netfilter;
+pub mod overlay;
 pub mod protocol;
 pub mod reset;
 pub mod rules;

@@ -12,6 +12,7 @@ use glue_node_agent::agent::{load_trust_dir, Agent, Identity, Setup};
 use glue_node_agent::config::{self, Config};
 use glue_node_agent::dockerd::{DockerSocket, DockerdWatch};
 use glue_node_agent::netfilter::{self, Iptables};
+use glue_node_agent::overlay::{self, DockerNetns};
 use glue_node_agent::protocol::SigningKey;
 use glue_node_agent::reset::Kernel;
 use glue_node_agent::server;
@@ -103,9 +104,13 @@ fn build_agent(cfg: &Config) -> anyhow::Result<Agent> {
         state_path: cfg.state_path(),
     };
     let (agent, loaded) = Agent::new(setup, Box::new(Iptables::new()?), Box::new(Kernel))?;
-    let agent = agent.with_dockerd(DockerdWatch::new(Arc::new(DockerSocket {
-        socket: cfg.docker_socket.clone(),
-    })));
+    let agent = agent
+        .with_dockerd(DockerdWatch::new(Arc::new(DockerSocket {
+            socket: cfg.docker_socket.clone(),
+        })))
+        .with_tunnels(Box::new(DockerNetns {
+            dir: cfg.docker_netns_dir.clone(),
+        }));
     if let Loaded::CorruptMovedTo(aside) = &loaded {
         tracing::error!(
             "state file {} was corrupt; moved it to {} and started with no rewrites",
@@ -155,6 +160,10 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         };
         let server = tokio::spawn(server::serve(listener, agent.clone()));
         let mut interval = tokio::time::interval(tick);
+        // A dockerd restarted during a recovery makes its overlay tunnels
+        // anew, with learning on: they are found within a second.
+        let mut tunnels = tokio::time::interval(Duration::from_secs(1));
+        tunnels.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
@@ -169,6 +178,10 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                     if watchdog {
                         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                     }
+                }
+                _ = tunnels.tick() => {
+                    let a = agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || a.keep_tunnels()).await;
                 }
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
@@ -204,6 +217,12 @@ fn clear(cfg: &Config) -> anyhow::Result<()> {
         });
     let removed = netfilter::apply(&Iptables::new()?, &[], None, &cfg.ports())?
         != netfilter::Applied::AlreadyInForce;
+    let relearned = overlay::hold(
+        &DockerNetns {
+            dir: cfg.docker_netns_dir.clone(),
+        },
+        true,
+    );
     forgotten?;
     println!(
         "glue-node-agent: {}",
@@ -213,6 +232,15 @@ fn clear(cfg: &Config) -> anyhow::Result<()> {
             "no rewrite rule was in force"
         }
     );
+    if !relearned.changed.is_empty() {
+        println!(
+            "glue-node-agent: learning on again on {} overlay tunnels",
+            relearned.changed.len()
+        );
+    }
+    if let Some(e) = relearned.errors.first() {
+        anyhow::bail!("overlay tunnels: {e}");
+    }
     Ok(())
 }
 
@@ -266,6 +294,17 @@ fn status(cfg: &Config) -> anyhow::Result<()> {
     }
     for r in &state.rewrites {
         println!("  rewrite     {} -> {}", r.from, r.to);
+    }
+    let (tunnels, errors) = overlay::Tunnels::list(&DockerNetns {
+        dir: cfg.docker_netns_dir.clone(),
+    });
+    let deaf = tunnels.iter().filter(|t| !t.learning).count();
+    println!(
+        "  overlay     {} tunnels, {deaf} with learning off (kept so while rewrites are in force)",
+        tunnels.len()
+    );
+    for e in errors {
+        println!("  overlay     not read: {e}");
     }
     let d = DockerdWatch::read_now(&DockerSocket {
         socket: cfg.docker_socket.clone(),
