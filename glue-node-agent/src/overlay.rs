@@ -62,11 +62,15 @@ fn ip_in(netns: &Path, args: &[&str]) -> Result<String, TunnelError> {
     };
     let out = crate::bounded::output(cmd, None, crate::bounded::LIMIT).map_err(fail)?;
     if !out.status.success() {
-        return Err(fail(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        // dockerd mounted it after the agent started, and the mount did not
+        // reach the agent's own mount namespace.
+        let hint = if stderr.contains("Invalid argument") {
+            " (not a namespace as this agent sees it: dockerd's mounts do not reach the agent; is / a shared mount, as systemd makes it on a host?)"
+        } else {
+            ""
+        };
+        return Err(fail(format!("{}: {stderr}{hint}", out.status)));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -117,6 +117,16 @@ fn the_agent_runs_under_systemd_with_its_hardened_unit_and_its_rules_outlive_res
         .expect("m1 has an address");
     let agent_at = SocketAddr::from((addr, 7950));
 
+    // An overlay network's namespace as dockerd keeps it, with a tunnel
+    // made as Docker makes one (learning on).
+    node_sh(
+        &lab,
+        "ip netns add sgtunnel && ip -n sgtunnel link add vxt type vxlan id 42 dstport 4789 \
+         && mkdir -p /var/run/docker/netns && ln -s /run/netns/sgtunnel /var/run/docker/netns/1-sgtunnel",
+    );
+    let learning = || !node_sh(&lab, "ip -n sgtunnel -d link show vxt").contains("nolearning");
+    assert!(learning());
+
     let old = Ipv4Addr::new(10, 97, 1, 11);
     let new = Ipv4Addr::new(10, 97, 2, 87);
     let (code, body) = http(
@@ -134,10 +144,17 @@ fn the_agent_runs_under_systemd_with_its_hardened_unit_and_its_rules_outlive_res
     let rules = || node_sh(&lab, "iptables -t nat -S");
     assert!(rules().contains(&format!("-d {old}/32")), "{}", rules());
 
+    assert!(
+        !learning(),
+        "the hardened unit must let the agent turn learning off in Docker's overlay namespaces; journal:\n{}",
+        node_sh(&lab, "journalctl -u glue-node-agent --no-pager -o cat | tail -n 5")
+    );
+
     let status = node_sh(&lab, "glue-node-agent status");
     assert!(
         status.contains("in force    yes")
-            && status.contains(&format!("rewrite     {old} -> {new}")),
+            && status.contains(&format!("rewrite     {old} -> {new}"))
+            && status.contains("1 tunnels, 1 with learning off"),
         "glue-node-agent status says:\n{status}"
     );
 
@@ -173,6 +190,18 @@ fn the_agent_runs_under_systemd_with_its_hardened_unit_and_its_rules_outlive_res
     assert!(
         matches!(reply.outcome, Outcome::Status { ref status } if status.generation == 1 && status.in_force)
     );
+
+    // The empty set turns learning on again; a set puts the rules back.
+    let (code, _) = http(agent_at, "POST", "/v1/command", &fx.set(2, 2, &[]));
+    assert_eq!(code, 200);
+    assert!(learning(), "learning is on again after the empty set");
+    let (code, _) = http(
+        agent_at,
+        "POST",
+        "/v1/command",
+        &fx.set(3, 3, &[(old, new)]),
+    );
+    assert_eq!(code, 200);
 
     let exposure = node_sh(
         &lab,

@@ -53,6 +53,26 @@ WantedBy=multi-user.target
 UNIT
 in_root systemctl enable lab-ssh-hostkeys.service >&2
 
+# On a host, systemd makes every mount shared at boot; in a container it
+# does not. Services with a mount namespace of their own (the agent's
+# hardened unit) then never see the network namespaces dockerd mounts after
+# they started. The lab's nodes are hosts: done here as systemd does it.
+cat > "$root/etc/systemd/system/lab-shared-mounts.service" <<'UNIT'
+[Unit]
+Description=Share mounts with every service, as systemd does on a host
+DefaultDependencies=no
+After=local-fs.target
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/mount --make-rshared /
+
+[Install]
+WantedBy=sysinit.target
+UNIT
+in_root systemctl enable lab-shared-mounts.service >&2
+
 # An empty machine-id makes systemd generate a fresh one per node at boot.
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
