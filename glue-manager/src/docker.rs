@@ -619,6 +619,29 @@ impl DockerApi {
             .collect())
     }
 
+    /// The services each node runs a task of right now (node ID → service
+    /// IDs): what a restart would take down there.
+    pub async fn running_tasks(&self) -> Result<BTreeMap<String, BTreeSet<String>>, DockerError> {
+        let filters = HashMap::from([("desired-state".to_string(), vec!["running".to_string()])]);
+        let tasks = self
+            .docker
+            .list_tasks(Some(ListTasksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(call("listing the running tasks"))?;
+        let mut running: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for t in tasks {
+            let state = t.status.and_then(|s| s.state).map(|s| s.to_string());
+            if let (Some("running"), Some(node), Some(service)) =
+                (state.as_deref(), t.node_id, t.service_id)
+            {
+                running.entry(node).or_default().insert(service);
+            }
+        }
+        Ok(running)
+    }
+
     pub async fn job_state(&self, name: &str) -> Result<JobState, DockerError> {
         let mut filters = HashMap::new();
         filters.insert("service".to_string(), vec![name.to_string()]);

@@ -68,6 +68,10 @@ pub struct Observation {
     /// Nodes marked in the swarm as being restarted in place (a
     /// coordinator may have died half-way).
     pub restarting: BTreeSet<String>,
+    /// The services each node runs a task of right now (node ID → service
+    /// IDs); `None` when not read (no quorum, or Docker erred): then nodes
+    /// are restarted one at a time.
+    pub running: Option<BTreeMap<String, BTreeSet<String>>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -475,7 +479,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             .all(|id| *id == memory.node_id || obs.agents.contains_key(id))
             && dockerd_unread(obs).is_empty();
         if next.phase == Phase::Readdress && recorded_current(recorded) && !stale.is_empty() {
-            coordinator |= restart_first(obs, memory, &current, &stale, &mut actions);
+            coordinator |= restart_some(obs, memory, &current, &stale, &[], &mut actions);
         } else if next.phase == Phase::Readdress {
             if recorded_current(recorded) && all_read {
                 next.phase = Phase::CleanUp;
@@ -534,15 +538,33 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                         held = Some(not_up(obs, memory, &current));
                     }
                 }
+                let mut mine = Vec::new();
                 for (id, from, to) in batch.iter().filter(|_| all_up) {
                     if self::coordinator(obs, memory, id) == memory.node_id {
                         coordinator = true;
+                        mine.push((*id).clone());
                         actions.push(Action::Readdress {
                             node: (*id).clone(),
                             from: *from,
                             to: *to,
                         });
                     }
+                }
+                // Workers that hold old addresses restart alongside (quorum
+                // does not hang on them), so the last manager's step is the
+                // last restart; managers are restarted by their own step.
+                if !mine.is_empty() {
+                    let workers: BTreeMap<String, Vec<String>> = stale
+                        .iter()
+                        .filter(|(id, _)| {
+                            memory
+                                .nodes
+                                .get(*id)
+                                .is_some_and(|n| n.role != Role::Manager)
+                        })
+                        .map(|(id, held)| (id.clone(), held.clone()))
+                        .collect();
+                    restart_some(obs, memory, &current, &workers, &mine, &mut actions);
                 }
             }
         }
@@ -584,7 +606,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     // Nor does the recovery end while a node's dockerd cannot be read.
     let unread_dockerd = dockerd_unread(obs);
     if !stale_late.is_empty() {
-        coordinator |= restart_first(obs, memory, &current, &stale_late, &mut actions);
+        coordinator |= restart_some(obs, memory, &current, &stale_late, &[], &mut actions);
     }
     for id in memory.nodes.keys() {
         let own = current.get(id).copied();
@@ -666,30 +688,83 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     }
 }
 
-/// The action restarting the first of the `stale` nodes whose address is
-/// known, if this manager coordinates it; whether it does.
-fn restart_first(
+/// Restarts as many of the `stale` nodes (whose address is known) as
+/// [`restart_batch`] allows beside `busy` (managers re-addressed in the
+/// same step), if this manager coordinates them; whether it does.
+fn restart_some(
     obs: &Observation,
     memory: &Memory,
     current: &BTreeMap<String, Ipv4Addr>,
     stale: &BTreeMap<String, Vec<String>>,
+    busy: &[String],
     actions: &mut Vec<Action>,
 ) -> bool {
-    let Some((node, held, addr)) = stale
-        .iter()
-        .find_map(|(id, held)| Some((id, held, *current.get(id)?)))
-    else {
-        return false;
-    };
-    if coordinator(obs, memory, node) != memory.node_id {
-        return false;
+    let candidates: Vec<String> = stale
+        .keys()
+        .filter(|id| current.contains_key(*id) && !busy.contains(id))
+        .filter(|id| !busy.is_empty() || coordinator(obs, memory, id) == memory.node_id)
+        .cloned()
+        .collect();
+    let workers = memory
+        .nodes
+        .values()
+        .filter(|n| n.role != Role::Manager)
+        .count();
+    let mut down: BTreeSet<String> = busy.iter().cloned().collect();
+    down.extend(obs.not_ready.iter().cloned());
+    let chosen = restart_batch(
+        &candidates,
+        obs.running.as_ref(),
+        &down,
+        busy.is_empty(),
+        workers.div_ceil(4),
+    );
+    for node in &chosen {
+        actions.push(Action::Restart {
+            node: node.clone(),
+            addr: current[node],
+            stale: stale[node].clone(),
+        });
     }
-    actions.push(Action::Restart {
-        node: node.clone(),
-        addr,
-        stale: held.clone(),
-    });
-    true
+    !chosen.is_empty()
+}
+
+/// Which of `candidates` (in order) restart together while the nodes in
+/// `down` run no task: at most `cap`, and none whose restart would leave a
+/// service it runs with no running task elsewhere. With `first_anyway` the
+/// first goes whatever it runs (a service with one task has a gap whenever
+/// its node restarts, and a node down for good must not hold it back);
+/// without the task placement, only that one.
+pub fn restart_batch(
+    candidates: &[String],
+    running: Option<&BTreeMap<String, BTreeSet<String>>>,
+    down: &BTreeSet<String>,
+    first_anyway: bool,
+    cap: usize,
+) -> Vec<String> {
+    let Some(running) = running else {
+        return candidates
+            .iter()
+            .take(usize::from(first_anyway))
+            .cloned()
+            .collect();
+    };
+    let mut chosen: Vec<String> = Vec::new();
+    for c in candidates {
+        if chosen.len() >= cap.max(1) {
+            break;
+        }
+        let out = |n: &String| n == c || down.contains(n) || chosen.contains(n);
+        let keeps_every_service = running.get(c).into_iter().flatten().all(|service| {
+            running
+                .iter()
+                .any(|(n, services)| !out(n) && services.contains(service))
+        });
+        if keeps_every_service || (chosen.is_empty() && first_anyway) {
+            chosen.push(c.clone());
+        }
+    }
+    chosen
 }
 
 /// Why a re-addressing step cannot start: the marks are unreadable, or
@@ -809,6 +884,7 @@ mod tests {
             marks_unknown: false,
             listener_missing: false,
             restarting: BTreeSet::new(),
+            running: None,
         }
     }
 
@@ -1551,6 +1627,107 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_batch_never_takes_the_last_running_task_of_a_service() {
+        let running: BTreeMap<String, BTreeSet<String>> = [
+            ("m1", &["web"][..]),
+            ("w1", &["web", "db"][..]),
+            ("w2", &["db"][..]),
+            ("w3", &["cache"][..]),
+        ]
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.iter().map(|s| s.to_string()).collect()))
+        .collect();
+        let cand = names(&["w1", "w2", "w3"]);
+        let down = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        // Beside m1's step: w1 would leave web with no task; w2 then goes,
+        // w3 (cache's only task) waits for a batch of its own.
+        assert_eq!(
+            restart_batch(&cand, Some(&running), &down(&["m1"]), false, 3),
+            ["w2"]
+        );
+        // Alone: w1 (web on m1, db on w2), then w2 would take db's last.
+        assert_eq!(
+            restart_batch(&cand, Some(&running), &down(&[]), true, 3),
+            ["w1"]
+        );
+        assert_eq!(
+            restart_batch(&cand, Some(&running), &down(&[]), true, 1),
+            ["w1"]
+        );
+        // A node whose only service has no task elsewhere goes alone anyway.
+        let only = names(&["w3"]);
+        assert_eq!(
+            restart_batch(&only, Some(&running), &down(&["w9"]), true, 3),
+            ["w3"]
+        );
+        assert!(restart_batch(&only, Some(&running), &down(&["m1"]), false, 3).is_empty());
+        // Placement not read: one at a time, never beside a manager's step.
+        assert_eq!(restart_batch(&cand, None, &down(&[]), true, 3), ["w1"]);
+        assert!(restart_batch(&cand, None, &down(&["m1"]), false, 3).is_empty());
+    }
+
+    #[test]
+    fn workers_holding_old_addresses_restart_alongside_a_managers_step() {
+        let (mut o, map) = all_moved_and_recorded("m2");
+        o.health = healthy(
+            "m2",
+            &[("m1", "10.0.1.1"), ("m2", "10.0.2.2"), ("m3", "10.0.2.3")],
+        );
+        for (w, old) in [("w1", "10.0.1.4"), ("w2", "10.0.1.5")] {
+            let d = o
+                .agents
+                .get_mut(w)
+                .expect("worker")
+                .dockerd
+                .as_mut()
+                .expect("read");
+            d.node_addr = old.into();
+        }
+        let rec = Recovery {
+            map,
+            ..readdressing(5, &[])
+        };
+        let steps = |p: &Plan| -> Vec<String> {
+            p.actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Readdress { node, .. } => Some(format!("readdress {node}")),
+                    Action::Restart { node, .. } => Some(format!("restart {node}")),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Task placement unknown: the manager's step alone.
+        assert_eq!(
+            steps(&plan(&o, &memory("m2"), &rec, PORT)),
+            ["readdress m1"]
+        );
+        o.running = Some(
+            ["m1", "m2", "m3", "w1", "w2"]
+                .iter()
+                .map(|n| (n.to_string(), BTreeSet::from(["probe".to_string()])))
+                .collect(),
+        );
+        let p = plan(&o, &memory("m2"), &rec, PORT);
+        assert_eq!(
+            steps(&p),
+            ["readdress m1", "restart w1"],
+            "one worker of two beside it"
+        );
+        assert!(p.coordinator);
+        // Another manager coordinates nothing.
+        let (mut o3, _) = all_moved_and_recorded("m3");
+        o3.health = o.health.clone();
+        o3.agents = o.agents.clone();
+        o3.running = o.running.clone();
+        assert!(steps(&plan(&o3, &memory("m3"), &rec, PORT)).is_empty());
     }
 
     #[test]

@@ -798,6 +798,12 @@ impl Recoverer {
             (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await.unzip(),
             _ => (Some(BTreeMap::new()), Some(BTreeSet::new())),
         };
+        // Only a recovery restarts nodes; what they run is read for it alone.
+        let running = match (&ctx, &health, self.file.recovery.phase) {
+            (_, _, Phase::Idle) => None,
+            (Some(ctx), Health::Healthy { .. }, _) => running(&ctx.docker).await,
+            _ => None,
+        };
         let marks_unknown = pending.is_none();
         let mut obs = Observation {
             now_ms: now_ms(),
@@ -810,6 +816,7 @@ impl Recoverer {
             marks_unknown,
             listener_missing: false,
             restarting: restarting.unwrap_or_default(),
+            running,
         };
         if mine_moved && !healthy {
             obs.listener_missing = match plan::my_current(&obs, memory) {
@@ -1192,6 +1199,22 @@ async fn marks(docker: &DockerApi) -> Option<Marks> {
         }
         Err(_) => {
             tracing::warn!("recovery: the re-address marks were not read within 5 s");
+            None
+        }
+    }
+}
+
+/// The services each node runs a task of; `None` if Docker errs or takes
+/// more than 5 s (nodes are then restarted one at a time).
+async fn running(docker: &DockerApi) -> Option<BTreeMap<String, BTreeSet<String>>> {
+    match tokio::time::timeout(Duration::from_secs(5), docker.running_tasks()).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            tracing::warn!("recovery: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("recovery: the running tasks were not read within 5 s");
             None
         }
     }
