@@ -550,22 +550,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                         });
                     }
                 }
-                // Workers that hold old addresses restart alongside (quorum
-                // does not hang on them), so the last manager's step is the
-                // last restart; managers are restarted by their own step.
-                if !mine.is_empty() {
-                    let workers: BTreeMap<String, Vec<String>> = stale
-                        .iter()
-                        .filter(|(id, _)| {
-                            memory
-                                .nodes
-                                .get(*id)
-                                .is_some_and(|n| n.role != Role::Manager)
-                        })
-                        .map(|(id, held)| (id.clone(), held.clone()))
-                        .collect();
-                    restart_some(obs, memory, &current, &workers, &mine, &mut actions);
-                }
+                restart_workers_alongside(obs, memory, &current, &stale, &mine, &mut actions);
             }
         }
     }
@@ -686,6 +671,33 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         unread,
         held,
     }
+}
+
+/// Workers that hold old addresses restart beside the managers this
+/// manager re-addresses (`mine`): quorum does not hang on them, so the last
+/// manager's step is the last restart. Managers restart in their own step.
+fn restart_workers_alongside(
+    obs: &Observation,
+    memory: &Memory,
+    current: &BTreeMap<String, Ipv4Addr>,
+    stale: &BTreeMap<String, Vec<String>>,
+    mine: &[String],
+    actions: &mut Vec<Action>,
+) {
+    if mine.is_empty() {
+        return;
+    }
+    let workers: BTreeMap<String, Vec<String>> = stale
+        .iter()
+        .filter(|(id, _)| {
+            memory
+                .nodes
+                .get(*id)
+                .is_some_and(|n| n.role != Role::Manager)
+        })
+        .map(|(id, held)| (id.clone(), held.clone()))
+        .collect();
+    restart_some(obs, memory, current, &workers, mine, actions);
 }
 
 /// Restarts as many of the `stale` nodes (whose address is known) as
