@@ -1166,14 +1166,25 @@ async fn bounded<T>(
     what: &str,
     call: impl std::future::Future<Output = Result<T, crate::docker::DockerError>>,
 ) -> Option<T> {
-    match tokio::time::timeout(Duration::from_secs(10), call).await {
+    bounded_for(Duration::from_secs(10), what, call).await
+}
+
+async fn bounded_for<T>(
+    limit: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, crate::docker::DockerError>>,
+) -> Option<T> {
+    match tokio::time::timeout(limit, call).await {
         Ok(Ok(v)) => Some(v),
         Ok(Err(e)) => {
             tracing::warn!("recovery: {e}; tried again next round");
             None
         }
         Err(_) => {
-            tracing::warn!("recovery: {what} took over 10s; tried again next round");
+            tracing::warn!(
+                "recovery: {what} took over {}s; tried again next round",
+                limit.as_secs()
+            );
             None
         }
     }
@@ -1191,33 +1202,18 @@ async fn marks(docker: &DockerApi) -> Option<Marks> {
             docker.restart_marks().await?,
         ))
     };
-    match tokio::time::timeout(Duration::from_secs(5), both).await {
-        Ok(Ok(m)) => Some(m),
-        Ok(Err(e)) => {
-            tracing::warn!("recovery: {e}");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("recovery: the re-address marks were not read within 5 s");
-            None
-        }
-    }
+    bounded_for(Duration::from_secs(5), "reading the re-address marks", both).await
 }
 
 /// The services each node runs a task of; `None` if Docker errs or takes
 /// more than 5 s (nodes are then restarted one at a time).
 async fn running(docker: &DockerApi) -> Option<BTreeMap<String, BTreeSet<String>>> {
-    match tokio::time::timeout(Duration::from_secs(5), docker.running_tasks()).await {
-        Ok(Ok(r)) => Some(r),
-        Ok(Err(e)) => {
-            tracing::warn!("recovery: {e}");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("recovery: the running tasks were not read within 5 s");
-            None
-        }
-    }
+    bounded_for(
+        Duration::from_secs(5),
+        "listing the running tasks",
+        docker.running_tasks(),
+    )
+    .await
 }
 
 /// Sends one signed command to the agent of `node` at `endpoint`, checked
