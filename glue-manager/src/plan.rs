@@ -673,6 +673,13 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     }
 }
 
+fn is_manager(memory: &Memory, id: &str) -> bool {
+    memory
+        .nodes
+        .get(id)
+        .is_some_and(|n| n.role == Role::Manager)
+}
+
 /// Workers that hold old addresses restart beside the managers this
 /// manager re-addresses (`mine`): quorum does not hang on them, so the last
 /// manager's step is the last restart. Managers restart in their own step.
@@ -689,12 +696,7 @@ fn restart_workers_alongside(
     }
     let workers: BTreeMap<String, Vec<String>> = stale
         .iter()
-        .filter(|(id, _)| {
-            memory
-                .nodes
-                .get(*id)
-                .is_some_and(|n| n.role != Role::Manager)
-        })
+        .filter(|(id, _)| !is_manager(memory, id))
         .map(|(id, held)| (id.clone(), held.clone()))
         .collect();
     restart_some(obs, memory, current, &workers, mine, actions);
@@ -719,18 +721,24 @@ fn restart_some(
         .collect();
     let workers = memory
         .nodes
-        .values()
-        .filter(|n| n.role != Role::Manager)
+        .keys()
+        .filter(|id| !is_manager(memory, id))
         .count();
     let mut down: BTreeSet<String> = busy.iter().cloned().collect();
     down.extend(obs.not_ready.iter().cloned());
-    let chosen = restart_batch(
+    let mut chosen = restart_batch(
         &candidates,
         obs.running.as_ref(),
         &down,
         busy.is_empty(),
         workers.div_ceil(4),
     );
+    // Raft keeps its quorum through one manager's restart, not two.
+    let mut managers = 0;
+    chosen.retain(|n| {
+        managers += usize::from(is_manager(memory, n));
+        !is_manager(memory, n) || managers == 1
+    });
     for node in &chosen {
         actions.push(Action::Restart {
             node: node.clone(),
@@ -1683,6 +1691,49 @@ mod tests {
         // Placement not read: one at a time, never beside a manager's step.
         assert_eq!(restart_batch(&cand, None, &down(&[]), true, 3), ["w1"]);
         assert!(restart_batch(&cand, None, &down(&["m1"]), false, 3).is_empty());
+    }
+
+    #[test]
+    fn no_two_managers_restart_at_once() {
+        let (mut o, _) = all_moved_and_recorded("m2");
+        let mut mem = memory("m2");
+        // Eight workers: batches of two.
+        for i in 3..=8 {
+            let mut w = mem.nodes["w1"].clone();
+            w.hostname = format!("w{i}");
+            mem.nodes.insert(format!("w{i}"), w);
+        }
+        let stale: BTreeMap<String, Vec<String>> = ["m1", "m3", "w1"]
+            .iter()
+            .map(|n| (n.to_string(), vec!["NodeAddr old".to_string()]))
+            .collect();
+        o.running = Some(
+            mem.nodes
+                .keys()
+                .map(|n| (n.clone(), BTreeSet::from(["probe".to_string()])))
+                .collect(),
+        );
+        let mut actions = Vec::new();
+        assert!(restart_some(
+            &o,
+            &mem,
+            &current_addrs(&o, &mem),
+            &stale,
+            &[],
+            &mut actions
+        ));
+        let restarted: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Restart { node, .. } => Some(node.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            restarted,
+            ["m1"],
+            "m3 waits for m1; the cap of two is not a licence"
+        );
     }
 
     #[test]

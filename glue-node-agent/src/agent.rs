@@ -52,8 +52,10 @@ struct TunnelKeeper {
     /// Learning is known to be on again everywhere since the empty set: no
     /// need to look until a set is in force again.
     restored: AtomicBool,
-    /// The last pass's errors, logged when they change.
-    last_errors: Mutex<String>,
+    /// Held through a pass (the 1 s tick and a set's apply may overlap: a
+    /// pass that read an older set must not undo a newer one's); the last
+    /// pass's errors, logged when they change.
+    pass: Mutex<String>,
 }
 
 /// What the agent saw at its last apply or check.
@@ -132,7 +134,7 @@ impl Agent {
         self.tunnels = Some(TunnelKeeper {
             tunnels,
             restored: AtomicBool::new(false),
-            last_errors: Mutex::new(String::new()),
+            pass: Mutex::new(String::new()),
         });
         self
     }
@@ -143,6 +145,9 @@ impl Agent {
     /// during a recovery makes its tunnels anew.
     pub fn keep_tunnels(&self) {
         let Some(k) = &self.tunnels else { return };
+        let Ok(mut last_errors) = k.pass.lock() else {
+            return;
+        };
         let in_force = !self.state().rewrites.is_empty();
         if !in_force && k.restored.load(Ordering::SeqCst) {
             return;
@@ -162,14 +167,12 @@ impl Agent {
         }
         let errors: Vec<String> = held.errors.iter().map(ToString::to_string).collect();
         let errors = errors.join("; ");
-        if let Ok(mut last) = k.last_errors.lock() {
-            if *last != errors && !errors.is_empty() {
-                tracing::warn!("overlay tunnels: {errors}");
-            }
-            *last = errors.clone();
+        if *last_errors != errors && !errors.is_empty() {
+            tracing::warn!("overlay tunnels: {errors}");
         }
         k.restored
             .store(!in_force && errors.is_empty(), Ordering::SeqCst);
+        *last_errors = errors;
     }
 
     pub fn public_key(&self) -> PublicKey {

@@ -298,9 +298,9 @@ fn status(cfg: &Config) -> anyhow::Result<()> {
     let (tunnels, errors) = overlay::Tunnels::list(&DockerNetns {
         dir: cfg.docker_netns_dir.clone(),
     });
-    let deaf = tunnels.iter().filter(|t| !t.learning).count();
+    let off = tunnels.iter().filter(|t| !t.learning).count();
     println!(
-        "  overlay     {} tunnels, {deaf} with learning off (kept so while rewrites are in force)",
+        "  overlay     {} tunnels, {off} with learning off (kept so while rewrites are in force)",
         tunnels.len()
     );
     for e in errors {

@@ -9,7 +9,8 @@
 //! one. The rewrites carry this node's packets to the peer's new address;
 //! learning off lets the peer's packets in. So while a set is in force every
 //! overlay tunnel here has learning off, and with the empty set it is on
-//! again (Docker never makes a tunnel without it).
+//! again (libnetwork's overlay driver always creates tunnels with learning
+//! on, read in its source).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
