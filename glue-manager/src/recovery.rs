@@ -1190,9 +1190,9 @@ async fn bounded_for<T>(
     }
 }
 
-/// The managers marked as being re-addressed; `None` if the marks cannot be
-/// read (the round after tries again; meanwhile re-addressing waits).
-/// The re-address marks and the restart marks.
+/// The re-address marks (managers half-way) and the restart marks (nodes
+/// restarted in place); `None` from [`marks`] if they cannot be read (the
+/// round after tries again; meanwhile re-addressing waits).
 type Marks = (BTreeMap<String, (Ipv4Addr, Ipv4Addr)>, BTreeSet<String>);
 
 async fn marks(docker: &DockerApi) -> Option<Marks> {
