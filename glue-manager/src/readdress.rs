@@ -38,6 +38,10 @@ const SSH_TIMEOUT: Duration = Duration::from_secs(20);
 /// grace period) and waiting up to 60 s for it to be back in the swarm; a
 /// dockerd restart took 4–19 s on a busy 7-node lab, so 20 s was too short.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a coordinator lets a manager with nothing listening at its new
+/// address restart its own dockerd there before demoting it anyway; that
+/// restart took 8–10 s measured, and starts a few seconds after the move.
+const OWN_RESTART_GRACE: Duration = Duration::from_secs(30);
 
 /// The dispatcher heartbeat period while managers are re-addressed. Docker
 /// declares a node down after three periods without a heartbeat (15 s by
@@ -228,6 +232,15 @@ async fn steps(
     }
     let to_raft = format!("{}:2377", t.to);
     let recorded_new = node.manager_addr.as_deref() == Some(to_raft.as_str());
+    if node.role == Role::Manager
+        && !recorded_new
+        && node.reachability != "reachable"
+        && own_restart_came(t).await
+    {
+        return Ok(Outcome::NotNow(format!(
+            "{name} restarted its own dockerd to listen at {to_raft}; re-addressing it waits for the swarm to reach it there"
+        )));
+    }
     if node.role == Role::Manager && !recorded_new {
         // The leader removes a demoted member from raft only while the
         // members left are a quorum of *active* ones, retrying quietly;
@@ -287,41 +300,9 @@ async fn steps(
         // and joins raft as a new member while being demoted (measured: the
         // new member's dockerd then panics in raft).
         let gave_up = Instant::now();
-        wait(
-            &format!("{name} to give up its manager role"),
-            || async move {
-                let out = ssh(env, &t.node, t.to, "docker info", INFO).await?;
-                let mut f = out.split_whitespace();
-                let (control, _, worker) = (f.next(), f.next(), f.next());
-                if control != Some("false") || worker.unwrap_or("0") == "0" {
-                    return Err(format!(
-                        "its Docker: {}, {}",
-                        if control == Some("false") { "no manager" } else { "a manager" },
-                        if worker.unwrap_or("0") == "0" { "a manager's certificate" } else { "a worker's certificate" }
-                    ));
-                }
-                let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
-                match snap.nodes.iter().find(|n| n.id == t.node) {
-                    Some(n) if n.role == Role::Worker && n.manager_addr.is_none() => Ok(true),
-                    // The leader has not taken it out of raft yet.
-                    Some(n) => Err(format!(
-                        "its Docker is a worker's, but the swarm ({} leads) still has it as {} {}{}",
-                        snap.nodes
-                            .iter()
-                            .find(|l| l.leader)
-                            .map_or("nobody", |l| l.hostname.as_str()),
-                        if n.role == Role::Manager { "a manager at" } else { "a worker with raft address" },
-                        n.manager_addr.as_deref().unwrap_or("none"),
-                        if n.reachability.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", {}", n.reachability)
-                        }
-                    )),
-                    None => Err("the swarm no longer lists it".into()),
-                }
-            },
-        )
+        wait(&format!("{name} to give up its manager role"), || {
+            gave_up_role(env, t)
+        })
         .await?;
         let node_addr = ssh(env, &t.node, t.to, "docker info", INFO).await?;
         if node_addr.split_whitespace().nth(1) != Some(t.to.to_string().as_str()) {
@@ -549,6 +530,89 @@ root=$(docker info --format '{{.DockerRootDir}}')
 state=$(docker info --format '{{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}')
 worker=$(awk '/BEGIN CERT/{f=1;next} /END CERT/{exit} f' "$root/swarm/certificates/swarm-node.crt" | base64 -d 2>/dev/null | grep -ac swarm-worker || true)
 echo "$state $worker""#;
+
+/// Whether a demoted manager is out of raft with a worker's certificate.
+/// A stray raft member left beside a worker's certificate counts too: it
+/// rejoins as a manager when promoted, under the member raft keeps for its
+/// node ID, at the address it gives (how swarmkit's Join treats a node ID
+/// it knows).
+async fn gave_up_role(env: &Env, t: &Target) -> Result<bool, String> {
+    let out = ssh(env, &t.node, t.to, "docker info", INFO).await?;
+    let mut f = out.split_whitespace();
+    let (control, _, worker) = (f.next(), f.next(), f.next());
+    let worker_cert = worker.unwrap_or("0") != "0";
+    if control != Some("false") || !worker_cert {
+        return Err(format!(
+            "its Docker: {}, {}",
+            if control == Some("false") {
+                "no manager"
+            } else {
+                "a manager"
+            },
+            if worker_cert {
+                "a worker's certificate"
+            } else {
+                "a manager's certificate"
+            }
+        ));
+    }
+    let snap = env.ctx.docker.snapshot().await.map_err(|e| e.to_string())?;
+    let leader = snap
+        .nodes
+        .iter()
+        .find(|l| l.leader)
+        .map_or("nobody", |l| l.hostname.as_str());
+    match snap.nodes.iter().find(|n| n.id == t.node) {
+        Some(n) if n.role == Role::Worker && n.manager_addr.is_none() => Ok(true),
+        Some(n) if n.role == Role::Worker => {
+            say(
+                env,
+                format!(
+                    "re-address {}: its Docker is a worker's, but raft keeps a member for it at {} ({}); promoting it takes that member back",
+                    t.hostname,
+                    n.manager_addr.as_deref().unwrap_or_default(),
+                    if n.reachability.is_empty() { "reachability unknown" } else { &n.reachability }
+                ),
+            );
+            Ok(true)
+        }
+        // The leader has not taken it out of raft yet.
+        Some(n) => Err(format!(
+            "its Docker is a worker's, but the swarm ({leader} leads) still has it as a manager at {}",
+            n.manager_addr.as_deref().unwrap_or("none"),
+        )),
+        None => Err("the swarm no longer lists it".into()),
+    }
+}
+
+/// Whether anything accepts a TCP connection at `addr`:2377 within a second.
+pub async fn listens(addr: Ipv4Addr) -> bool {
+    let connect = tokio::net::TcpStream::connect((addr, 2377));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Whether an unreachable manager with nothing listening at its new address
+/// starts to listen there within the grace: its own glue-manager restarts
+/// its dockerd (the plan's missing listener). Demoted during that restart,
+/// it comes back as a manager, rejoins raft as a new member and then takes
+/// its worker's certificate, leaving a stray member no one removes (a CI
+/// run: unconverged after 300 s). `false` when it listens already.
+async fn own_restart_came(t: &Target) -> bool {
+    if listens(t.to).await {
+        return false;
+    }
+    let start = Instant::now();
+    while start.elapsed() < OWN_RESTART_GRACE {
+        tokio::time::sleep(POLL).await;
+        if listens(t.to).await {
+            return true;
+        }
+    }
+    false
+}
 
 fn say(env: &Env, line: String) {
     let _ = env.say.send(line);
