@@ -23,7 +23,10 @@
 //!    with the heartbeat back to 5 s once Docker declares it down; it comes
 //!    back (moved too), its dockerd still dialling the managers' old
 //!    addresses, is given the last rules until Docker sees it, and the
-//!    recovery ends with it Ready and no rule left.
+//!    recovery ends with it Ready and no rule left;
+//! 6. one worker refuses SSH while every host moves: its failed restart is
+//!    named in the timeline and it keeps its rules; once sshd is back it is
+//!    restarted and the recovery ends.
 //!
 //! Needs root, Docker and the release binaries (`make test` has all three).
 
@@ -292,6 +295,45 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
             .any(|l| l.contains("set from") && !l.contains(" 0 rewrites")),
         "w2's agent was given the last rules when it came back: {agent}"
     );
+    let clean = par_map(&run.nodes, |n| recovery::rewrites_on(&lab, n)).expect("rules");
+    assert!(clean.iter().all(|c| *c == 0), "rewrites left: {clean:?}");
+
+    // 6. w1 refuses SSH while every host moves: the restart of its dockerd
+    //    fails and is named in the timeline, w1 keeps its rules meanwhile;
+    //    once sshd is back, the next try restarts it and the recovery ends.
+    let before = recovery::fingerprint(&lab).expect("fingerprint");
+    lab.sh("w1", "systemctl stop ssh.socket ssh.service")
+        .expect("stop sshd on w1");
+    let o = run.move_only("ssh_refused", &all, |moved_at| {
+        let since = recovery::unix_ms(std::time::SystemTime::now() - moved_at.elapsed());
+        let named = wait_for(
+            "a manager to name w1's failed restart",
+            Duration::from_secs(240),
+            Duration::from_secs(1),
+            || {
+                Ok(recovery::timelines(&lab, &run.managers)
+                    .into_iter()
+                    .find(|(at, _, l)| {
+                        *at >= since && l.contains("w1") && l.contains("failed, to be tried again")
+                    })
+                    .map(|(_, m, l)| format!("{m}: {l}")))
+            },
+        )
+        .expect("the failed restart is in the timeline");
+        say(format!(
+            "+{:.1}s {named}",
+            moved_at.elapsed().as_secs_f64()
+        ));
+        let rules = recovery::rewrites_on(&lab, "w1").expect("w1's rules");
+        assert!(rules > 0, "w1 keeps its rules while it cannot be restarted");
+        lab.sh("w1", "systemctl start ssh.socket ssh.service")
+            .expect("start sshd on w1");
+        say(format!(
+            "+{:.1}s sshd on w1 again ({rules} rules in force there)",
+            moved_at.elapsed().as_secs_f64()
+        ));
+    });
+    run.assert_recovered("ssh_refused", &before, &o);
     let clean = par_map(&run.nodes, |n| recovery::rewrites_on(&lab, n)).expect("rules");
     assert!(clean.iter().all(|c| *c == 0), "rewrites left: {clean:?}");
     swarm_glue_lab::lab::tear_down_checked(lab);
