@@ -37,6 +37,11 @@ fn a_swarm_with_every_address_pinned_comes_back_by_itself() {
     let all = run.nodes.clone();
     let (o, _) = run.move_and_recover("pinned", &all);
     assert!(o.converged.is_some());
+    // Where the time to a leader goes, for docs/recovery.md.
+    for (at, m, line) in recovery::timelines(&lab, &run.managers) {
+        let since = (at as f64 - o.moved_unix_s as f64 * 1000.0) / 1000.0;
+        println!("  {m} +{since:.1}s {line}");
+    }
     for n in &all {
         let now = lab
             .address(n)

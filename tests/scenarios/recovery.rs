@@ -43,6 +43,17 @@ fn journal(lab: &Lab, node: &str) -> String {
     glue::manager_journal(lab, node)
 }
 
+/// Panics with what a case's wait ran into, the managers' timelines and
+/// raft views, and where their journals went.
+fn stuck(lab: &Lab, run: &Run<'_>, case: &str, e: &dyn std::fmt::Display) -> ! {
+    panic!(
+        "{case}: {e}\ntimeline: {:#?}\nraft as each manager sees it: {:#?}\njournals: {}",
+        recovery::timelines(lab, &run.managers),
+        recovery::raft_views(lab, &run.managers),
+        recovery::save_logs(lab, case)
+    )
+}
+
 /// Stops `down` and moves every other node of `all` to a free subnet:
 /// returns the subnet and when the move began.
 fn move_without(lab: &Lab, all: &[String], down: &str, case: &str) -> (Ipv4Net, Instant) {
@@ -236,7 +247,7 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
             Ok(None)
         },
     )
-    .expect("clean-up names the worker it waits for");
+    .unwrap_or_else(|e| stuck(&lab, &run, "worker_late", &e));
     say(format!(
         "+{:.1}s clean-up waits: {waiting}",
         moved_at.elapsed().as_secs_f64()
@@ -319,11 +330,8 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
                     .map(|(_, m, l)| format!("{m}: {l}")))
             },
         )
-        .expect("the failed restart is in the timeline");
-        say(format!(
-            "+{:.1}s {named}",
-            moved_at.elapsed().as_secs_f64()
-        ));
+        .unwrap_or_else(|e| stuck(&lab, &run, "ssh_refused", &e));
+        say(format!("+{:.1}s {named}", moved_at.elapsed().as_secs_f64()));
         let rules = recovery::rewrites_on(&lab, "w1").expect("w1's rules");
         assert!(rules > 0, "w1 keeps its rules while it cannot be restarted");
         lab.sh("w1", "systemctl start ssh.socket ssh.service")
