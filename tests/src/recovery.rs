@@ -163,9 +163,12 @@ pub fn not_converged(lab: &Lab, managers: &[String], nodes: &[String]) -> Result
 pub fn rewrites_on(lab: &Lab, node: &str) -> Result<usize> {
     let out = lab.sh(
         node,
-        "iptables-save -t nat | grep -c -- '-j DNAT.*swarm-glue' || true",
+        // iptables-save puts the comment before the target.
+        "iptables-save -t nat | grep -- '-j DNAT' | grep -c -- 'swarm-glue' || true",
     )?;
-    Ok(out.trim().parse().unwrap_or(0))
+    out.trim()
+        .parse()
+        .map_err(|_| LabError::Invalid(format!("{node}'s rules: cannot count {out:?}")))
 }
 
 /// The recovery phase glue-manager on `node` reports.
