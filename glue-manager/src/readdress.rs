@@ -38,10 +38,10 @@ const SSH_TIMEOUT: Duration = Duration::from_secs(20);
 /// grace period) and waiting up to 60 s for it to be back in the swarm; a
 /// dockerd restart took 4–19 s on a busy 7-node lab, so 20 s was too short.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a coordinator lets a manager with nothing listening at its new
-/// address restart its own dockerd there before demoting it anyway; that
-/// restart took 8–10 s measured, and starts a few seconds after the move.
-const OWN_RESTART_GRACE: Duration = Duration::from_secs(30);
+/// How long a coordinator waits for an unreachable manager to become
+/// reachable before demoting it anyway: its own restart (to listen at its
+/// new address) took 8–10 s, and once 85.6 s, measured.
+const UNREACHABLE_GRACE: Duration = Duration::from_secs(120);
 
 /// The dispatcher heartbeat period while managers are re-addressed. Docker
 /// declares a node down after three periods without a heartbeat (15 s by
@@ -232,14 +232,21 @@ async fn steps(
     }
     let to_raft = format!("{}:2377", t.to);
     let recorded_new = node.manager_addr.as_deref() == Some(to_raft.as_str());
-    if node.role == Role::Manager
-        && !recorded_new
-        && node.reachability != "reachable"
-        && own_restart_came(t).await
-    {
-        return Ok(Outcome::NotNow(format!(
-            "{name} restarted its own dockerd to listen at {to_raft}; re-addressing it waits for the swarm to reach it there"
-        )));
+    if node.role == Role::Manager && !recorded_new && node.reachability != "reachable" {
+        let waited = Instant::now();
+        if became_reachable(env, t).await {
+            return Ok(Outcome::NotNow(format!(
+                "{name} was unreachable for {:.0}s (e.g. restarting its own dockerd); re-addressing it starts again now that the swarm reaches it",
+                waited.elapsed().as_secs_f64()
+            )));
+        }
+        say(
+            env,
+            format!(
+                "re-address {name}: unreachable for {}s; demoting it anyway",
+                UNREACHABLE_GRACE.as_secs()
+            ),
+        );
     }
     if node.role == Role::Manager && !recorded_new {
         // The leader removes a demoted member from raft only while the
@@ -594,20 +601,24 @@ pub async fn listens(addr: Ipv4Addr) -> bool {
     )
 }
 
-/// Whether an unreachable manager with nothing listening at its new address
-/// starts to listen there within the grace: its own glue-manager restarts
-/// its dockerd (the plan's missing listener). Demoted during that restart,
-/// it comes back as a manager, rejoins raft as a new member and then takes
-/// its worker's certificate, leaving a stray member no one removes (a CI
-/// run: unconverged after 300 s). `false` when it listens already.
-async fn own_restart_came(t: &Target) -> bool {
-    if listens(t.to).await {
-        return false;
-    }
+/// Whether an unreachable manager becomes reachable within
+/// [`UNREACHABLE_GRACE`]. It may be restarting its own dockerd (the plan's
+/// missing listener, on a manager back from down): demoted during that
+/// restart, it came back a manager, joined raft as a new member and then
+/// took its worker's certificate, leaving a stray member no one removes
+/// (a CI run and a lab run: unconverged after 300 s).
+async fn became_reachable(env: &Env, t: &Target) -> bool {
     let start = Instant::now();
-    while start.elapsed() < OWN_RESTART_GRACE {
-        tokio::time::sleep(POLL).await;
-        if listens(t.to).await {
+    while start.elapsed() < UNREACHABLE_GRACE {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(snap) = env.ctx.docker.snapshot().await else {
+            continue;
+        };
+        if snap
+            .nodes
+            .iter()
+            .any(|n| n.id == t.node && n.reachability == "reachable")
+        {
             return true;
         }
     }
