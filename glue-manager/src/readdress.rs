@@ -40,7 +40,7 @@ const SSH_TIMEOUT: Duration = Duration::from_secs(20);
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a coordinator waits for an unreachable manager to become
 /// reachable before demoting it anyway: its own restart (to listen at its
-/// new address) took 8–10 s, and once 85.6 s, measured.
+/// new address) took 8.6 s in one lab run and 85.6 s in another.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(120);
 
 /// The dispatcher heartbeat period while managers are re-addressed. Docker
@@ -539,10 +539,9 @@ worker=$(awk '/BEGIN CERT/{f=1;next} /END CERT/{exit} f' "$root/swarm/certificat
 echo "$state $worker""#;
 
 /// Whether a demoted manager is out of raft with a worker's certificate.
-/// A stray raft member left beside a worker's certificate counts too: it
-/// rejoins as a manager when promoted, under the member raft keeps for its
-/// node ID, at the address it gives (how swarmkit's Join treats a node ID
-/// it knows).
+/// A stray raft member left beside a worker's certificate counts too:
+/// promoted, the node should rejoin under that member (swarmkit's Join
+/// gives a node ID it knows its member back; read in its source, not run).
 async fn gave_up_role(env: &Env, t: &Target) -> Result<bool, String> {
     let out = ssh(env, &t.node, t.to, "docker info", INFO).await?;
     let mut f = out.split_whitespace();
@@ -575,7 +574,7 @@ async fn gave_up_role(env: &Env, t: &Target) -> Result<bool, String> {
             say(
                 env,
                 format!(
-                    "re-address {}: its Docker is a worker's, but raft keeps a member for it at {} ({}); promoting it takes that member back",
+                    "re-address {}: its Docker is a worker's, but raft keeps a member for it at {} ({}); promoting it, to rejoin under that member",
                     t.hostname,
                     n.manager_addr.as_deref().unwrap_or_default(),
                     if n.reachability.is_empty() { "reachability unknown" } else { &n.reachability }
@@ -592,21 +591,11 @@ async fn gave_up_role(env: &Env, t: &Target) -> Result<bool, String> {
     }
 }
 
-/// Whether anything accepts a TCP connection at `addr`:2377 within a second.
-pub async fn listens(addr: Ipv4Addr) -> bool {
-    let connect = tokio::net::TcpStream::connect((addr, 2377));
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), connect).await,
-        Ok(Ok(_))
-    )
-}
-
 /// Whether an unreachable manager becomes reachable within
 /// [`UNREACHABLE_GRACE`]. It may be restarting its own dockerd (the plan's
-/// missing listener, on a manager back from down): demoted during that
-/// restart, it came back a manager, joined raft as a new member and then
-/// took its worker's certificate, leaving a stray member no one removes
-/// (a CI run and a lab run: unconverged after 300 s).
+/// missing listener); demoted during that restart, it joins raft again as
+/// a new member before it takes its worker's certificate, and leaves a
+/// stray member no one removes (docs/recovery.md).
 async fn became_reachable(env: &Env, t: &Target) -> bool {
     let start = Instant::now();
     while start.elapsed() < UNREACHABLE_GRACE {

@@ -204,6 +204,15 @@ struct Candidate {
 const MAX_PROOF_FAILURES: u32 = 5;
 const PROOF_RETRY: Duration = Duration::from_secs(4);
 
+/// Whether anything accepts a TCP connection at `addr`:2377 within a second.
+async fn listens(addr: Ipv4Addr) -> bool {
+    let connect = tokio::net::TcpStream::connect((addr, 2377));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
+}
+
 fn hostname_of(memory: &Memory, node: &str) -> String {
     memory
         .nodes
@@ -811,7 +820,7 @@ impl Recoverer {
         };
         if mine_moved && !healthy {
             obs.listener_missing = match plan::my_current(&obs, memory) {
-                Some(me) => !readdress::listens(me).await,
+                Some(me) => !listens(me).await,
                 None => false,
             };
         }

@@ -54,6 +54,23 @@ fn stuck(lab: &Lab, run: &Run<'_>, case: &str, e: &dyn std::fmt::Display) -> ! {
     )
 }
 
+/// The newest timeline line since `moved_at` that `wanted` picks, with the
+/// manager that said it. Only this recovery's lines: a manager's report may
+/// still show the last one's for a moment.
+fn line_since(
+    lab: &Lab,
+    run: &Run<'_>,
+    moved_at: Instant,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<(String, String)> {
+    let since = recovery::unix_ms(std::time::SystemTime::now() - moved_at.elapsed());
+    recovery::timelines(lab, &run.managers)
+        .into_iter()
+        .rev()
+        .find(|(at, _, l)| *at >= since && wanted(l))
+        .map(|(_, m, l)| (m, l))
+}
+
 /// Stops `down` and moves every other node of `all` to a free subnet:
 /// returns the subnet and when the move began.
 fn move_without(lab: &Lab, all: &[String], down: &str, case: &str) -> (Ipv4Net, Instant) {
@@ -163,19 +180,14 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     let before = recovery::fingerprint(&lab).expect("fingerprint");
     let mut killed = String::new();
     let o = run.move_only("killed_while_readdressing", &all, |moved_at| {
-        // Only this recovery's lines: a manager's report may still show the
-        // last one's for a moment.
-        let since = recovery::unix_ms(std::time::SystemTime::now() - moved_at.elapsed());
-        let coordinator = wait_for(
+        let (coordinator, _) = wait_for(
             "a manager to start re-addressing another",
             Duration::from_secs(180),
             Duration::from_millis(500),
             || {
-                let t = recovery::timelines(&lab, &run.managers);
-                Ok(t.iter()
-                    .rev()
-                    .find(|(at, _, l)| *at >= since && l.contains(": demoted, to rejoin raft"))
-                    .map(|(_, m, _)| m.clone()))
+                Ok(line_since(&lab, &run, moved_at, |l| {
+                    l.contains(": demoted, to rejoin raft")
+                }))
             },
         )
         .expect("re-addressing starts");
@@ -316,22 +328,21 @@ fn a_moved_swarm_comes_back_by_itself_and_loses_nothing() {
     lab.sh("w1", "systemctl stop ssh.socket ssh.service")
         .expect("stop sshd on w1");
     let o = run.move_only("ssh_refused", &all, |moved_at| {
-        let since = recovery::unix_ms(std::time::SystemTime::now() - moved_at.elapsed());
-        let named = wait_for(
+        let (m, named) = wait_for(
             "a manager to name w1's failed restart",
             Duration::from_secs(240),
             Duration::from_secs(1),
             || {
-                Ok(recovery::timelines(&lab, &run.managers)
-                    .into_iter()
-                    .find(|(at, _, l)| {
-                        *at >= since && l.contains("w1") && l.contains("failed, to be tried again")
-                    })
-                    .map(|(_, m, l)| format!("{m}: {l}")))
+                Ok(line_since(&lab, &run, moved_at, |l| {
+                    l.contains("w1") && l.contains("failed, to be tried again")
+                }))
             },
         )
         .unwrap_or_else(|e| stuck(&lab, &run, "ssh_refused", &e));
-        say(format!("+{:.1}s {named}", moved_at.elapsed().as_secs_f64()));
+        say(format!(
+            "+{:.1}s {m}: {named}",
+            moved_at.elapsed().as_secs_f64()
+        ));
         let rules = recovery::rewrites_on(&lab, "w1").expect("w1's rules");
         assert!(rules > 0, "w1 keeps its rules while it cannot be restarted");
         lab.sh("w1", "systemctl start ssh.socket ssh.service")
