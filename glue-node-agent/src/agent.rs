@@ -404,9 +404,17 @@ impl Agent {
     ///   every raft message to the leader fail on one, for the 4 minutes
     ///   until the lab was torn down).
     ///
-    /// Then connections to every rewritten address end. Returns whether the
+    /// Then connections to every rewritten address end, and only then are
+    /// the overlay tunnels gone through: a process per overlay namespace,
+    /// while raft's connections wait for their reset. Returns whether the
     /// kernel had to change.
     fn enforce(&self) -> Result<bool, String> {
+        let enforced = self.enforce_rules();
+        self.keep_tunnels();
+        enforced
+    }
+
+    fn enforce_rules(&self) -> Result<bool, String> {
         let waited = std::time::Instant::now();
         let mut last = self.applying.lock().map_err(|_| "apply lock poisoned")?;
         let started = std::time::Instant::now();
@@ -419,7 +427,6 @@ impl Agent {
             &self.ports,
         )
         .map_err(|e| e.to_string())?;
-        self.keep_tunnels();
         let lost: Vec<Ipv4Addr> = match (last.as_ref().and_then(|l| l.local.as_ref()), &local) {
             (Some(before), Some(now)) => before.difference(now).copied().collect(),
             _ => Vec::new(),
