@@ -701,7 +701,7 @@ pub fn restart_script(
     }
     format!(
         r#"set -eu
-root=$(timeout 5 docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /var/lib/docker)
+root=${{root:-$(timeout 5 docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /var/lib/docker)}}
 f="$root/swarm/docker-state.json"
 [ -f "$f" ] || {{ echo "$f is missing: this node is not in a swarm" >&2; exit 3; }}
 # Whatever happens from here (a failed step, the SSH connection dropped),
@@ -741,8 +741,12 @@ pub fn restart_in_place_script(
     let fields = glue_node_agent::dockerd::STATE_FIELDS.join("|");
     format!(
         r#"set -eu
-root=$(timeout 5 docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /var/lib/docker)
-held="$(timeout 5 docker info --format '{{{{.Swarm.NodeAddr}}}}' 2>/dev/null || true) $(grep -oE '"({fields})":"[0-9.]+' "$root/swarm/docker-state.json" | cut -d'"' -f4 || true)"
+# One question to dockerd, not three: a manager without quorum answers
+# `docker info` only when its 5 s are up.
+info=$(timeout 5 docker info --format '{{{{.DockerRootDir}}}} {{{{.Swarm.NodeAddr}}}}' 2>/dev/null || true)
+root=${{info%% *}}
+[ -n "$root" ] || root=/var/lib/docker
+held="${{info#* }} $(grep -oE '"({fields})":"[0-9.]+' "$root/swarm/docker-state.json" | cut -d'"' -f4 || true)"
 stale=
 for a in $held; do
   case " {old} " in *" $a "*) ip -4 -o addr show | grep -q "inet $a/" || stale="$stale $a";; esac
@@ -888,7 +892,8 @@ mod tests {
         fake(
             "docker",
             &format!(
-                "case \"$*\" in *DockerRootDir*) echo {};; *NodeAddr*) echo {node_addr};; *LocalNodeState*) echo active;; esac",
+                "case \"$*\" in *DockerRootDir*NodeAddr*) echo {} {node_addr};; *DockerRootDir*) echo {};; *NodeAddr*) echo {node_addr};; *LocalNodeState*) echo active;; esac",
+                dir.display(),
                 dir.display()
             ),
         );
