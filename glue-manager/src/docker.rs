@@ -447,7 +447,31 @@ impl DockerApi {
     /// Sets a node's role, keeping the rest of its spec (labels,
     /// availability, name) exactly as it is.
     pub async fn set_role(&self, node: &str, role: Role) -> Result<(), DockerError> {
-        let what = || format!("setting the role of node {} to {role:?}", short(node));
+        let what = format!("setting the role of node {} to {role:?}", short(node));
+        self.update_spec(node, &what, |spec| {
+            spec.role = Some(match role {
+                Role::Manager => NodeSpecRoleEnum::MANAGER,
+                Role::Worker => NodeSpecRoleEnum::WORKER,
+            });
+        })
+        .await
+    }
+
+    /// Sends `node`'s spec back unchanged: an event about the node, on
+    /// which swarmkit's role manager reconciles its role at once instead of
+    /// at its next 5 s tick (docs/recovery.md, "How long a demotion takes").
+    pub async fn touch_node(&self, node: &str) -> Result<(), DockerError> {
+        let what = format!("updating node {} with its own spec", short(node));
+        self.update_spec(node, &what, |_| {}).await
+    }
+
+    async fn update_spec(
+        &self,
+        node: &str,
+        what: &str,
+        change: impl Fn(&mut bollard::models::NodeSpec),
+    ) -> Result<(), DockerError> {
+        let what = || what.to_string();
         // The node object changes under us (its status, its certificate's
         // renewal right after a restart): Docker then refuses the update as
         // "out of sequence", and it is read and sent again.
@@ -457,10 +481,7 @@ impl DockerApi {
             let n = self.docker.inspect_node(node).await.map_err(call(what()))?;
             let version = n.version.and_then(|v| v.index).unwrap_or(0);
             let mut spec = n.spec.unwrap_or_default();
-            spec.role = Some(match role {
-                Role::Manager => NodeSpecRoleEnum::MANAGER,
-                Role::Worker => NodeSpecRoleEnum::WORKER,
-            });
+            change(&mut spec);
             match self
                 .docker
                 .update_node(

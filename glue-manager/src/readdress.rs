@@ -295,6 +295,7 @@ async fn steps(
             .set_role(&t.node, Role::Worker)
             .await
             .map_err(|e| e.to_string())?;
+        touch(env, t).await;
         say(
             env,
             format!("re-address {name}: demoted, to rejoin raft at {}", t.to),
@@ -307,9 +308,23 @@ async fn steps(
         // and joins raft as a new member while being demoted (measured: the
         // new member's dockerd then panics in raft).
         let gave_up = Instant::now();
-        wait(&format!("{name} to give up its manager role"), || {
-            gave_up_role(env, t)
-        })
+        let touched_after_removal = std::sync::atomic::AtomicBool::new(false);
+        let touched = &touched_after_removal;
+        wait(
+            &format!("{name} to give up its manager role"),
+            || async move {
+                match gave_up_role(env, t).await? {
+                    Demotion::Done => Ok(true),
+                    Demotion::OutOfRaft(why) => {
+                        if !touched.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            touch(env, t).await;
+                        }
+                        Err(why)
+                    }
+                    Demotion::Pending(why) => Err(why),
+                }
+            },
+        )
         .await?;
         let node_addr = ssh(env, &t.node, t.to, "docker info", INFO).await?;
         if node_addr.split_whitespace().nth(1) != Some(t.to.to_string().as_str()) {
@@ -538,17 +553,33 @@ state=$(docker info --format '{{.Swarm.ControlAvailable}} {{.Swarm.NodeAddr}}')
 worker=$(awk '/BEGIN CERT/{f=1;next} /END CERT/{exit} f' "$root/swarm/certificates/swarm-node.crt" | base64 -d 2>/dev/null | grep -ac swarm-worker || true)
 echo "$state $worker""#;
 
-/// Whether a demoted manager is out of raft with a worker's certificate.
-/// A stray raft member left beside a worker's certificate counts too:
+/// Where a demoted manager is on its way to being a worker.
+enum Demotion {
+    /// Out of raft with a worker's certificate: its dockerd may restart.
+    Done,
+    /// The swarm took it out of raft, but its Docker still holds a
+    /// manager's certificate (or still runs a manager).
+    OutOfRaft(String),
+    /// Still a raft member, as the swarm or its own Docker says.
+    Pending(String),
+}
+
+/// Whether node `t` has given up its manager role: its own Docker runs no
+/// manager and holds a worker's certificate, and the swarm has taken it out
+/// of raft. A stray member left beside a worker's certificate counts too:
 /// promoted, the node should rejoin under that member (swarmkit's Join
 /// gives a node ID it knows its member back; read in its source, not run).
-async fn gave_up_role(env: &Env, t: &Target) -> Result<bool, String> {
+async fn gave_up_role(env: &Env, t: &Target) -> Result<Demotion, String> {
     let out = ssh(env, &t.node, t.to, "docker info", INFO).await?;
     let mut f = out.split_whitespace();
     let (control, _, worker) = (f.next(), f.next(), f.next());
     let worker_cert = worker.unwrap_or("0") != "0";
+    let snap = env.ctx.docker.snapshot().await.map_err(|e| e.to_string())?;
+    let Some(n) = snap.nodes.iter().find(|n| n.id == t.node) else {
+        return Err("the swarm no longer lists it".into());
+    };
     if control != Some("false") || !worker_cert {
-        return Err(format!(
+        let docker_says = format!(
             "its Docker: {}, {}",
             if control == Some("false") {
                 "no manager"
@@ -560,17 +591,21 @@ async fn gave_up_role(env: &Env, t: &Target) -> Result<bool, String> {
             } else {
                 "a manager's certificate"
             }
-        ));
+        );
+        return Ok(if n.manager_addr.is_none() {
+            Demotion::OutOfRaft(docker_says)
+        } else {
+            Demotion::Pending(docker_says)
+        });
     }
-    let snap = env.ctx.docker.snapshot().await.map_err(|e| e.to_string())?;
     let leader = snap
         .nodes
         .iter()
         .find(|l| l.leader)
         .map_or("nobody", |l| l.hostname.as_str());
-    match snap.nodes.iter().find(|n| n.id == t.node) {
-        Some(n) if n.role == Role::Worker && n.manager_addr.is_none() => Ok(true),
-        Some(n) if n.role == Role::Worker => {
+    match n {
+        n if n.role == Role::Worker && n.manager_addr.is_none() => Ok(Demotion::Done),
+        n if n.role == Role::Worker => {
             say(
                 env,
                 format!(
@@ -580,14 +615,24 @@ async fn gave_up_role(env: &Env, t: &Target) -> Result<bool, String> {
                     if n.reachability.is_empty() { "reachability unknown" } else { &n.reachability }
                 ),
             );
-            Ok(true)
+            Ok(Demotion::Done)
         }
         // The leader has not taken it out of raft yet.
-        Some(n) => Err(format!(
+        n => Ok(Demotion::Pending(format!(
             "its Docker is a worker's, but the swarm ({leader} leads) still has it as a manager at {}",
             n.manager_addr.as_deref().unwrap_or("none"),
-        )),
-        None => Err("the swarm no longer lists it".into()),
+        ))),
+    }
+}
+
+/// Tells the swarm about node `t` once more (best effort): swarmkit's role
+/// manager takes a demoted node out of raft on one pass and sets its role
+/// to worker on the next, which otherwise waits up to 5 s; the node's
+/// request for a worker's certificate made before then gets a manager's,
+/// and it asks again only after a random back-off of up to 10 s.
+async fn touch(env: &Env, t: &Target) {
+    if let Err(e) = env.ctx.docker.touch_node(&t.node).await {
+        tracing::debug!("re-address {}: {e}", t.hostname);
     }
 }
 
