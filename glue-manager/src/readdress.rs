@@ -308,15 +308,17 @@ async fn steps(
         // and joins raft as a new member while being demoted (measured: the
         // new member's dockerd then panics in raft).
         let gave_up = Instant::now();
-        let touched_after_removal = std::sync::atomic::AtomicBool::new(false);
-        let touched = &touched_after_removal;
+        // When the swarm was first seen to have taken it out of raft while
+        // it still held a manager's certificate.
+        let out_of_raft = std::sync::OnceLock::new();
+        let out_of_raft_at = &out_of_raft;
         wait(
             &format!("{name} to give up its manager role"),
             || async move {
                 match gave_up_role(env, t).await? {
                     Demotion::Done => Ok(true),
                     Demotion::OutOfRaft(why) => {
-                        if !touched.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        if out_of_raft_at.set(gave_up.elapsed()).is_ok() {
                             touch(env, t).await;
                         }
                         Err(why)
@@ -342,8 +344,12 @@ async fn steps(
             say(
                 env,
                 format!(
-                    "re-address {name}: manager role given up after {:.1}s; dockerd restarted with advertise address {} in {:.1}s",
+                    "re-address {name}: manager role given up after {:.1}s{}; dockerd restarted with advertise address {} in {:.1}s",
                     given_up.as_secs_f64(),
+                    out_of_raft.get().map_or(String::new(), |d| format!(
+                        " (out of raft after {:.1}s, its certificate still a manager's)",
+                        d.as_secs_f64()
+                    )),
                     t.to,
                     restart.elapsed().as_secs_f64()
                 ),
