@@ -441,7 +441,7 @@ async fn restart_in_place(
         .mark_restart(&t.node)
         .await
         .map_err(|e| e.to_string())?;
-    let script = restart_in_place_script(&env.map, &remotes(env, &t.node));
+    let script = restart_in_place_script(&env.map, &remotes(env, &t.node), Stale::AnyAddress);
     let out = run_restart(env, t, "restarting dockerd with its new addresses", &script).await?;
     if out.trim() == ALREADY_CURRENT {
         docker
@@ -478,7 +478,9 @@ async fn restart_in_place(
 /// Restarts this host's own dockerd over SSH to itself (so the container
 /// image, which has no systemctl, can too) with `old` replaced by `new` in
 /// its state file: a listener pinned to an address the host lost keeps
-/// every peer out, and quorum cannot come back before it moves.
+/// every peer out, and quorum cannot come back before it moves. Nothing
+/// else restarts it here: a dockerd merely not listening yet (just booted)
+/// is left to the coordinator.
 pub async fn restart_self(
     ctx: &Ctx,
     old: Ipv4Addr,
@@ -494,7 +496,7 @@ pub async fn restart_self(
             &ctx.manager_id,
             "127.0.0.1",
             "restarting this host's dockerd with its new address",
-            &restart_in_place_script(&map, &[]),
+            &restart_in_place_script(&map, &[], Stale::PinnedListener),
             b"",
             RESTART_TIMEOUT,
         )
@@ -502,7 +504,7 @@ pub async fn restart_self(
         .map_err(|e| e.to_string())?;
     if out.trim() == ALREADY_CURRENT {
         return Ok(Outcome::NotNow(format!(
-            "nothing listens at {new}:2377, but this host's dockerd holds no address it lost"
+            "nothing listens at {new}:2377, but this host's dockerd pins no listener to an address it lost"
         )));
     }
     let _ = say.send(format!(
@@ -724,6 +726,19 @@ pub fn restart_script(
     map: &BTreeMap<Ipv4Addr, Ipv4Addr>,
     remotes: &[(String, Ipv4Addr)],
 ) -> String {
+    format!("set -eu\n{RESTART_LOCK}{}", restart_body(map, remotes))
+}
+
+/// Taken by every restart of dockerd, so the coordinator's and the host's
+/// own never overlap: one cancels the other's systemctl job (`exit 1` in a
+/// CI run) and a restart under a demotion leaves a stray raft member.
+const RESTART_LOCK: &str = r#"mkdir -p /run/lock
+exec 9>/run/lock/swarm-glue-dockerd.lock
+flock -w 100 9 || { echo "another restart of dockerd held /run/lock/swarm-glue-dockerd.lock for 100s" >&2; exit 5; }
+"#;
+
+/// [`restart_script`] without `set -eu` and the lock.
+fn restart_body(map: &BTreeMap<Ipv4Addr, Ipv4Addr>, remotes: &[(String, Ipv4Addr)]) -> String {
     let peers: Vec<serde_json::Value> = remotes
         .iter()
         .filter(|(id, _)| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()))
@@ -751,8 +766,7 @@ pub fn restart_script(
         ));
     }
     format!(
-        r#"set -eu
-root=${{root:-$(timeout 5 docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /var/lib/docker)}}
+        r#"root=${{root:-$(timeout 5 docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null || echo /var/lib/docker)}}
 f="$root/swarm/docker-state.json"
 [ -f "$f" ] || {{ echo "$f is missing: this node is not in a swarm" >&2; exit 3; }}
 # Whatever happens from here (a failed step, the SSH connection dropped),
@@ -780,24 +794,45 @@ done
     )
 }
 
+/// Which addresses a node's dockerd holds make an in-place restart due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// Any address of the map the host lost: its gossip address (as
+    /// `docker info` says) or one written in its state file.
+    AnyAddress,
+    /// Only a raft listener pinned (`ListenAddr`) to an address the host
+    /// lost: what keeps every peer out before quorum. A manager just booted
+    /// has no listener yet and must not be restarted for that.
+    PinnedListener,
+}
+
 /// [`restart_script`] for a node restarted in place, only if its dockerd
-/// still holds an address of `map` that the host no longer has (it prints
-/// [`ALREADY_CURRENT`] otherwise); then it waits up to 60 s for as many
-/// swarm tasks to run as before the restart.
+/// still holds an address of `map` that the host no longer has, as `stale`
+/// counts them (it prints [`ALREADY_CURRENT`] otherwise); then it waits up
+/// to 60 s for as many swarm tasks to run as before the restart. The check
+/// runs under the restart lock, so a restart that waited for another one
+/// finds the addresses current and restarts nothing.
 pub fn restart_in_place_script(
     map: &BTreeMap<Ipv4Addr, Ipv4Addr>,
     remotes: &[(String, Ipv4Addr)],
+    stale: Stale,
 ) -> String {
     let old: Vec<String> = map.keys().map(Ipv4Addr::to_string).collect();
-    let fields = glue_node_agent::dockerd::STATE_FIELDS.join("|");
+    let (gossip, fields) = match stale {
+        Stale::AnyAddress => (
+            "${info#* }",
+            glue_node_agent::dockerd::STATE_FIELDS.join("|"),
+        ),
+        Stale::PinnedListener => ("", "ListenAddr".to_string()),
+    };
     format!(
         r#"set -eu
-# One question to dockerd, not three: a manager without quorum answers
+{lock}# One question to dockerd, not three: a manager without quorum answers
 # `docker info` only when its 5 s are up.
 info=$(timeout 5 docker info --format '{{{{.DockerRootDir}}}} {{{{.Swarm.NodeAddr}}}}' 2>/dev/null || true)
 root=${{info%% *}}
 [ -n "$root" ] || root=/var/lib/docker
-held="${{info#* }} $(grep -oE '"({fields})":"[0-9.]+' "$root/swarm/docker-state.json" | cut -d'"' -f4 || true)"
+held="{gossip} $(grep -oE '"({fields})":"[0-9.]+' "$root/swarm/docker-state.json" | cut -d'"' -f4 || true)"
 stale=
 for a in $held; do
   case " {old} " in *" $a "*) ip -4 -o addr show | grep -q "inet $a/" || stale="$stale $a";; esac
@@ -812,8 +847,9 @@ while [ "$(docker ps -q --filter label=com.docker.swarm.task.id | wc -l)" -lt "$
 done
 echo "its $tasks tasks run again"
 "#,
+        lock = RESTART_LOCK,
         old = old.join(" "),
-        restart = restart_script(map, remotes),
+        restart = restart_body(map, remotes),
     )
 }
 
@@ -926,11 +962,17 @@ mod tests {
     }
 
     /// Runs the in-place restart with fake `docker`, `ip` and `systemctl`
-    /// (real sh and sed) on a node that advertises `node_addr` and has
-    /// `host`; what it printed and what systemctl was asked.
-    fn run_in_place(node_addr: &str, host: &str, state: &str) -> (String, String, String) {
-        let dir =
-            std::env::temp_dir().join(format!("sg-restart-{}-{}", std::process::id(), node_addr));
+    /// (real sh, sed and flock) on a node that advertises `node_addr` and
+    /// has `host`; what it printed and what systemctl was asked.
+    fn run_in_place(
+        node_addr: &str,
+        host: &str,
+        state: &str,
+        stale: Stale,
+    ) -> (String, String, String) {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sg-restart-{}-{run}", std::process::id()));
         let bin = dir.join("bin");
         std::fs::create_dir_all(dir.join("swarm")).expect("dirs");
         std::fs::create_dir_all(&bin).expect("bin");
@@ -960,7 +1002,7 @@ mod tests {
             (ip("10.0.1.4"), ip("10.0.2.4")),
             (ip("10.0.1.1"), ip("10.0.2.1")),
         ]);
-        let script = restart_in_place_script(&map, &[("m1".to_string(), ip("10.0.2.1"))]);
+        let script = restart_in_place_script(&map, &[("m1".to_string(), ip("10.0.2.1"))], stale);
         let path = format!("{}:/usr/bin:/bin", bin.display());
         let out = std::process::Command::new("sh")
             .args(["-c", &script])
@@ -987,7 +1029,7 @@ mod tests {
         let state =
             r#"{"RemoteAddr":"10.0.1.1:2377","AdvertiseAddr":"10.0.1.4","DataPathAddr":""}"#;
         // Still gossiping from the address it lost: patched and restarted.
-        let (out, asked, after) = run_in_place("10.0.1.4", "10.0.2.4", state);
+        let (out, asked, after) = run_in_place("10.0.1.4", "10.0.2.4", state, Stale::AnyAddress);
         assert!(
             asked.starts_with("stop docker.socket docker.service\nstart"),
             "{asked}"
@@ -999,14 +1041,54 @@ mod tests {
         assert!(out.contains("its 0 tasks run again"), "{out}");
         // Restarted already (an old reading asked again): nothing touched.
         let fresh = r#"{"RemoteAddr":"10.0.2.1:2377","AdvertiseAddr":"10.0.2.4"}"#;
-        let (out, asked, after) = run_in_place("10.0.2.4", "10.0.2.4", fresh);
+        let (out, asked, after) = run_in_place("10.0.2.4", "10.0.2.4", fresh, Stale::AnyAddress);
         assert_eq!(out.trim(), ALREADY_CURRENT);
         assert_eq!(asked, "");
         assert_eq!(after, fresh);
         // An old address pinned in the state file alone is enough.
         let pinned = r#"{"ListenAddr":"10.0.1.4:2377","AdvertiseAddr":"10.0.2.4"}"#;
-        let (_, asked, after) = run_in_place("10.0.2.4", "10.0.2.4", pinned);
+        let (_, asked, after) = run_in_place("10.0.2.4", "10.0.2.4", pinned, Stale::AnyAddress);
         assert!(asked.starts_with("stop"), "{asked}");
         assert!(after.contains(r#""ListenAddr":"10.0.2.4:2377""#), "{after}");
+    }
+
+    #[test]
+    fn a_host_restarts_its_own_dockerd_only_for_a_listener_pinned_to_a_lost_address() {
+        // Booted after the move, gossiping from its old address, listening
+        // on every address: the coordinator re-addresses it, not itself.
+        let unpinned = r#"{"ListenAddr":"0.0.0.0:2377","AdvertiseAddr":"10.0.1.4"}"#;
+        let (out, asked, after) =
+            run_in_place("10.0.1.4", "10.0.2.4", unpinned, Stale::PinnedListener);
+        assert_eq!(out.trim(), ALREADY_CURRENT);
+        assert_eq!(asked, "");
+        assert_eq!(after, unpinned);
+        // Its listener bound to the address it lost: patched and restarted.
+        let pinned = r#"{"ListenAddr":"10.0.1.4:2377","AdvertiseAddr":"10.0.1.4"}"#;
+        let (_, asked, after) = run_in_place("10.0.1.4", "10.0.2.4", pinned, Stale::PinnedListener);
+        assert!(asked.starts_with("stop"), "{asked}");
+        assert_eq!(
+            after,
+            r#"{"ListenAddr":"10.0.2.4:2377","AdvertiseAddr":"10.0.2.4"}"#
+        );
+    }
+
+    #[test]
+    fn a_restart_of_dockerd_waits_for_one_under_way() {
+        let log = std::env::temp_dir().join(format!("sg-lock-{}", std::process::id()));
+        let _ = std::fs::remove_file(&log);
+        let holder = std::process::Command::new("flock")
+            .args(["/run/lock/swarm-glue-dockerd.lock", "sh", "-c"])
+            .arg(format!("sleep 1; echo released > {}", log.display()))
+            .spawn()
+            .expect("flock");
+        std::thread::sleep(Duration::from_millis(300));
+        let state = r#"{"AdvertiseAddr":"10.0.1.4"}"#;
+        let (_, asked, _) = run_in_place("10.0.1.4", "10.0.2.4", state, Stale::AnyAddress);
+        let released = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        let _ = { holder }.wait();
+        // The restart ran, and only once the other one had let go.
+        assert!(asked.starts_with("stop"), "{asked}");
+        assert_eq!(released.trim(), "released");
     }
 }
