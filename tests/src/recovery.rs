@@ -266,6 +266,44 @@ pub fn raft_views(lab: &Lab, managers: &[String]) -> Vec<String> {
     out
 }
 
+/// Every node's own addresses, the overlay network's peers as its dockerd
+/// lists them, and the tunnel endpoints its kernel holds (FDB and
+/// neighbours in the network's namespace): for a data plane not whole.
+pub fn overlay_views(lab: &Lab) -> Vec<String> {
+    let script = format!(
+        "ip -4 -o addr show scope global | awk '{{print \"addr\", $4}}'; \
+         id=$(docker network inspect -f '{{{{.ID}}}}' {net} 2>&1 | cut -c1-10); \
+         echo peers $(docker network inspect -v -f '{{{{range .Peers}}}}{{{{.Name}}}}={{{{.IP}}}} {{{{end}}}}' {net} 2>&1); \
+         ns=/var/run/docker/netns/1-$id; \
+         nsenter --net=$ns bridge fdb show 2>&1 | grep -E 'dst|self' | sed 's/^/fdb /'; \
+         nsenter --net=$ns ip neigh show 2>&1 | sed 's/^/neigh /'",
+        net = swarm::NETWORK
+    );
+    let names: Vec<String> = lab.nodes().iter().map(|n| n.name.clone()).collect();
+    let seen = par_map(&names, |n| Ok(lab.sh(n, &script))).unwrap_or_default();
+    let mut out = Vec::new();
+    for (n, s) in names.iter().zip(seen) {
+        let text = s.unwrap_or_else(|e| format!("cannot read: {e}"));
+        out.extend(text.lines().map(|l| format!("{n}: {l}")));
+    }
+    out
+}
+
+/// Every service's task history (node, desired and current state, error),
+/// as the first manager that answers lists it: for a task stopped twice.
+pub fn task_histories(lab: &Lab) -> Vec<String> {
+    for m in lab.managers() {
+        if let Ok(text) = lab.sh(
+            &m.name,
+            "for s in $(docker service ls -q); do docker service ps --no-trunc \
+             --format \"$s {{.Name}} {{.Node}} {{.DesiredState}} | {{.CurrentState}} | {{.Error}}\" $s; done",
+        ) {
+            return text.lines().map(str::to_string).collect();
+        }
+    }
+    vec!["no manager answered".into()]
+}
+
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -910,7 +948,10 @@ impl<'a> Run<'a> {
         let twice = stopped_twice(self.lab, o).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(
             twice.is_empty(),
-            "{name}: tasks stopped more than once: {twice:#?}"
+            "{name}: tasks stopped more than once: {twice:#?}\ntask histories: {:#?}\ntimeline: {:#?}\njournals: {}",
+            task_histories(self.lab),
+            timelines(self.lab, &self.managers),
+            save_logs(self.lab, name)
         );
     }
 
@@ -948,8 +989,11 @@ impl<'a> Run<'a> {
         let (failures, took) = wait_data_plane(self.lab, DATA_PLANE_GRACE);
         assert!(
             failures.is_empty(),
-            "{name}: the data plane is not whole {:.0}s after the swarm was: {failures:#?}",
-            took.as_secs_f64()
+            "{name}: the data plane is not whole {:.0}s after the swarm was: {failures:#?}\ntimeline: {:#?}\nthe overlay as each node holds it: {:#?}\njournals: {}",
+            took.as_secs_f64(),
+            timelines(self.lab, &self.managers),
+            overlay_views(self.lab),
+            save_logs(self.lab, name)
         );
         say(format!(
             "data plane whole: every task reached by name and address from every node ({:.1}s)",
