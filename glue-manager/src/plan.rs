@@ -72,6 +72,10 @@ pub struct Observation {
     /// IDs); `None` when not read (no quorum, or Docker erred): then nodes
     /// are restarted one at a time.
     pub running: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// Nodes whose agent key this manager never pinned (it had not
+    /// confirmed them before the move; enrolment waits for the recovery to
+    /// end): it cannot speak to them, so it does not wait for them either.
+    pub unpinned: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +191,14 @@ pub fn current_addrs(obs: &Observation, memory: &Memory) -> BTreeMap<String, Ipv
             continue;
         }
         let now = match n.role {
+            // A manager demoted for re-addressing serves no raft port and
+            // cannot be proven; its agent's signed answer says where it is
+            // (it may have moved again since its mark was written).
+            Role::Manager if obs.pending.contains_key(id) => obs
+                .proven
+                .get(id)
+                .or(obs.agents.get(id).map(|a| &a.addr))
+                .copied(),
             Role::Manager => obs.proven.get(id).copied(),
             Role::Worker => obs.agents.get(id).map(|a| a.addr),
         };
@@ -593,6 +605,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     if !stale_late.is_empty() {
         coordinator |= restart_some(obs, memory, &current, &stale_late, &[], &mut actions);
     }
+    let mut unpinned = Vec::new();
     for id in memory.nodes.keys() {
         let own = current.get(id).copied();
         // During clean-up a node Docker does not see (down through the
@@ -607,6 +620,12 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             rewrites_for(&wanted_map, own)
         };
         let seen = obs.agents.get(id);
+        // The managers that confirmed it clean it up; this one would wait
+        // for an answer it cannot check until its recovery ends.
+        if seen.is_none() && obs.unpinned.contains(id) {
+            unpinned.push(id.clone());
+            continue;
+        }
         // Named once: as late when its agent answers, else as not heard.
         if is_late && seen.is_some() && !stale_late.contains_key(id) {
             late.push(id.clone());
@@ -655,8 +674,25 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         next.phase = Phase::Idle;
         next.last_map.clear();
         next.converged_ms = Some(obs.now_ms);
+        let left = if unpinned.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = unpinned
+                .iter()
+                .map(|id| {
+                    memory
+                        .nodes
+                        .get(id)
+                        .map_or(id.as_str(), |n| n.hostname.as_str())
+                })
+                .collect();
+            format!(
+                " ({} left to the managers that confirmed them: no agent key for them here)",
+                names.join(", ")
+            )
+        };
         actions.push(Action::Timeline(format!(
-            "converged: no rewrite left on any node, {:.1}s after the move was detected",
+            "converged: no rewrite left on any node, {:.1}s after the move was detected{left}",
             (obs.now_ms - next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0
         )));
     }
@@ -905,6 +941,7 @@ mod tests {
             listener_missing: false,
             restarting: BTreeSet::new(),
             running: None,
+            unpinned: BTreeSet::new(),
         }
     }
 
@@ -1299,6 +1336,40 @@ mod tests {
     }
 
     #[test]
+    fn a_demoted_manager_that_moved_again_is_re_addressed_where_its_agent_is() {
+        // m3 was demoted to rejoin raft at 10.0.2.8, then its host moved
+        // again: it cannot be proven (a worker serves no raft port), but its
+        // agent answers at 10.0.3.8.
+        let rec = readdressing(5, &[("10.0.1.1", "10.0.2.9"), ("10.0.1.3", "10.0.2.8")]);
+        let mut o = obs_heard(
+            "10.0.1.2",
+            &[("m1", "10.0.2.9")],
+            &[("m1", "10.0.2.9", 5, &[]), ("m3", "10.0.3.8", 5, &[])],
+            healthy("m2", &[("m1", "10.0.2.9"), ("m2", "10.0.1.2")]),
+        );
+        o.pending = BTreeMap::from([("m3".into(), (ip("10.0.1.3"), ip("10.0.2.8")))]);
+        let first = plan(&o, &memory("m2"), &rec, PORT);
+        let p = plan(&o, &memory("m2"), &first.next, PORT);
+        assert!(
+            first.actions.iter().chain(&p.actions).any(|a| *a
+                == Action::Readdress {
+                    node: "m3".into(),
+                    from: ip("10.0.1.3"),
+                    to: ip("10.0.3.8")
+                }),
+            "{first:#?}\n{p:#?}"
+        );
+        assert!(
+            !first.actions.iter().chain(&p.actions).any(|a| matches!(
+                a,
+                Action::Readdress { to, .. } if *to == ip("10.0.2.8")
+            )),
+            "not at the address it left: {first:#?}\n{p:#?}"
+        );
+        assert_eq!(p.next.map.get(&ip("10.0.1.3")), Some(&ip("10.0.3.8")));
+    }
+
+    #[test]
     fn once_every_address_is_recorded_the_agents_are_emptied_and_the_recovery_ends() {
         let rec = readdressing(5, &[("10.0.1.1", "10.0.2.9")]);
         let h = healthy(
@@ -1517,6 +1588,46 @@ mod tests {
         let p = plan(&o, &mem, &cleaning, PORT);
         assert_eq!(p.next.phase, Phase::Idle);
         assert!(p.next.last_map.is_empty());
+    }
+
+    #[test]
+    fn clean_up_does_not_wait_for_a_node_this_manager_holds_no_agent_key_for() {
+        // m1 had not confirmed w2 before the move (its SSH was down), and
+        // enrolment waits for the recovery to end: seen in a lab run, its
+        // clean-up waited for w2 for good, and once m1 led, no later move
+        // was re-addressed.
+        let rec = Recovery {
+            phase: Phase::CleanUp,
+            generation: 9,
+            started_ms: Some(990_000),
+            quorum_ms: Some(995_000),
+            ..Recovery::default()
+        };
+        let cleaned = [
+            ("m1", "10.0.1.1", 9, &[][..]),
+            ("m2", "10.0.1.2", 9, &[]),
+            ("m3", "10.0.1.3", 9, &[]),
+            ("w1", "10.0.1.4", 9, &[]),
+        ];
+        let proven = [("m2", "10.0.1.2"), ("m3", "10.0.1.3")];
+        let h = healthy(
+            "m1",
+            &[("m1", "10.0.1.1"), ("m2", "10.0.1.2"), ("m3", "10.0.1.3")],
+        );
+        let mut o = obs("10.0.1.1", &proven, &cleaned, h);
+        let p = plan(&o, &memory("m1"), &rec, PORT);
+        assert_eq!(p.next.phase, Phase::CleanUp, "w2 pinned: waited for");
+        assert_eq!(p.no_address, ["w2"]);
+        o.unpinned = BTreeSet::from(["w2".to_string()]);
+        let p = plan(&o, &memory("m1"), &rec, PORT);
+        assert_eq!(p.next.phase, Phase::Idle);
+        assert!(p.no_address.is_empty());
+        assert!(
+            p.actions.iter().any(|a| matches!(a, Action::Timeline(l)
+                if l.contains("w2 left to the managers that confirmed them"))),
+            "{:?}",
+            p.actions
+        );
     }
 
     #[test]

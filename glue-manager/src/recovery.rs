@@ -817,6 +817,12 @@ impl Recoverer {
             listener_missing: false,
             restarting: restarting.unwrap_or_default(),
             running,
+            unpinned: memory
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.agent.is_none())
+                .map(|(id, _)| id.clone())
+                .collect(),
         };
         if mine_moved && !healthy {
             obs.listener_missing = match plan::my_current(&obs, memory) {
@@ -1103,10 +1109,12 @@ impl Recoverer {
             );
         }
         if let Some(avahi) = &self.avahi {
+            // A manager demoted for re-addressing is a worker for now: it is
+            // found the way a worker is.
             let workers: Vec<(&String, &str)> = memory
                 .nodes
                 .iter()
-                .filter(|(_, n)| n.role == Role::Worker)
+                .filter(|(id, n)| n.role == Role::Worker || obs.pending.contains_key(*id))
                 .map(|(id, n)| (id, n.hostname.as_str()))
                 .collect();
             let found = join_all(workers.iter().map(|(_, host)| async move {
