@@ -687,7 +687,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                 })
                 .collect();
             format!(
-                " ({} left to the managers that confirmed them: no agent key for them here)",
+                " (not waited for here, no agent key for it: {}; the managers that confirmed it clean it up)",
                 names.join(", ")
             )
         };
@@ -1624,7 +1624,7 @@ mod tests {
         assert!(p.no_address.is_empty());
         assert!(
             p.actions.iter().any(|a| matches!(a, Action::Timeline(l)
-                if l.contains("w2 left to the managers that confirmed them"))),
+                if l.contains("no agent key for it: w2;"))),
             "{:?}",
             p.actions
         );
