@@ -180,6 +180,27 @@ pub fn remembered_addr(memory: &Memory, node: &str) -> Option<Ipv4Addr> {
     host.parse().ok()
 }
 
+/// The converged line's note on the nodes this manager holds no agent key
+/// for (empty when none).
+fn not_waited_for(memory: &Memory, unpinned: &[String]) -> String {
+    if unpinned.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = unpinned
+        .iter()
+        .map(|id| {
+            memory
+                .nodes
+                .get(id)
+                .map_or(id.as_str(), |n| n.hostname.as_str())
+        })
+        .collect();
+    format!(
+        " (not waited for here, no agent key for it: {}; the managers that confirmed it clean it up)",
+        names.join(", ")
+    )
+}
+
 /// Where every node is now, as far as known.
 pub fn current_addrs(obs: &Observation, memory: &Memory) -> BTreeMap<String, Ipv4Addr> {
     let mut out = BTreeMap::new();
@@ -674,26 +695,10 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         next.phase = Phase::Idle;
         next.last_map.clear();
         next.converged_ms = Some(obs.now_ms);
-        let left = if unpinned.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<&str> = unpinned
-                .iter()
-                .map(|id| {
-                    memory
-                        .nodes
-                        .get(id)
-                        .map_or(id.as_str(), |n| n.hostname.as_str())
-                })
-                .collect();
-            format!(
-                " (not waited for here, no agent key for it: {}; the managers that confirmed it clean it up)",
-                names.join(", ")
-            )
-        };
         actions.push(Action::Timeline(format!(
-            "converged: no rewrite left on any node, {:.1}s after the move was detected{left}",
-            (obs.now_ms - next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0
+            "converged: no rewrite left on any node, {:.1}s after the move was detected{}",
+            (obs.now_ms - next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0,
+            not_waited_for(memory, &unpinned)
         )));
     }
     Plan {
