@@ -691,6 +691,17 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
             replaces: seen.generation,
         });
     }
+    // A set pushed past our generation (the agent already held ours) is
+    // ours: next round it must not stand as a manager's that knows more.
+    if next.phase != Phase::Rewrite {
+        next.generation = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetRewrites { generation, .. } => Some(*generation),
+                _ => None,
+            })
+            .fold(next.generation, u64::max);
+    }
     if next.phase == Phase::CleanUp && all_clean && unread_dockerd.is_empty() {
         next.phase = Phase::Idle;
         next.last_map.clear();
@@ -1593,6 +1604,28 @@ mod tests {
         let p = plan(&o, &mem, &cleaning, PORT);
         assert_eq!(p.next.phase, Phase::Idle);
         assert!(p.next.last_map.is_empty());
+
+        // Seen in CI: w2 already held this manager's own generation when it
+        // was found late, so the last rules went out one generation newer,
+        // and every manager then left that set standing for good.
+        let g = cleaning.generation;
+        o.not_ready = BTreeSet::from(["w2".to_string()]);
+        o.agents = cleaned_but_w2(g, empty);
+        let p = plan(&o, &mem, &cleaning, PORT);
+        let to_w2 = |p: &Plan| {
+            p.actions.iter().find_map(|a| match a {
+                Action::SetRewrites {
+                    node, generation, ..
+                } if node == "w2" => Some(*generation),
+                _ => None,
+            })
+        };
+        assert_eq!(to_w2(&p), Some(g + 1));
+        o.not_ready.clear();
+        o.agents = cleaned_but_w2(g + 1, &rules);
+        let p = plan(&o, &mem, &p.next, PORT);
+        assert_eq!(pushes(&p), BTreeMap::from([("w2".to_string(), vec![])]));
+        assert_eq!(to_w2(&p), Some(g + 2));
     }
 
     #[test]
