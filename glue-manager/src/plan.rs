@@ -180,6 +180,17 @@ pub fn remembered_addr(memory: &Memory, node: &str) -> Option<Ipv4Addr> {
     host.parse().ok()
 }
 
+/// The newest generation among `actions`' pushes, or `generation` if newer.
+fn newest_pushed(actions: &[Action], generation: u64) -> u64 {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetRewrites { generation, .. } => Some(*generation),
+            _ => None,
+        })
+        .fold(generation, u64::max)
+}
+
 /// The converged line's note on the nodes this manager holds no agent key
 /// for (empty when none).
 fn not_waited_for(memory: &Memory, unpinned: &[String]) -> String {
@@ -694,13 +705,7 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
     // A set pushed past our generation (the agent already held ours) is
     // ours: next round it must not stand as a manager's that knows more.
     if next.phase != Phase::Rewrite {
-        next.generation = actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::SetRewrites { generation, .. } => Some(*generation),
-                _ => None,
-            })
-            .fold(next.generation, u64::max);
+        next.generation = newest_pushed(&actions, next.generation);
     }
     if next.phase == Phase::CleanUp && all_clean && unread_dockerd.is_empty() {
         next.phase = Phase::Idle;
@@ -1605,9 +1610,9 @@ mod tests {
         assert_eq!(p.next.phase, Phase::Idle);
         assert!(p.next.last_map.is_empty());
 
-        // Seen in CI: w2 already held this manager's own generation when it
-        // was found late, so the last rules went out one generation newer,
-        // and every manager then left that set standing for good.
+        // w2 already holds this manager's own generation when it is found
+        // late: the last rules go out one generation newer, and that set
+        // must not then stand against this manager's own clean-up.
         let g = cleaning.generation;
         o.not_ready = BTreeSet::from(["w2".to_string()]);
         o.agents = cleaned_but_w2(g, empty);
@@ -1630,10 +1635,9 @@ mod tests {
 
     #[test]
     fn clean_up_does_not_wait_for_a_node_this_manager_holds_no_agent_key_for() {
-        // m1 had not confirmed w2 before the move (its SSH was down), and
-        // enrolment waits for the recovery to end: seen in a lab run, its
-        // clean-up waited for w2 for good, and once m1 led, no later move
-        // was re-addressed.
+        // m1 had not confirmed w2 before the move, and enrolment waits for
+        // the recovery to end: m1 cannot check w2's answers, so it must not
+        // wait for them.
         let rec = Recovery {
             phase: Phase::CleanUp,
             generation: 9,
