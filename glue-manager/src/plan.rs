@@ -582,16 +582,8 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
                         held = Some(not_up(obs, memory, &current));
                     }
                 }
-                let followers_first = all_up && obs.pending.is_empty();
-                if followers_first
-                    && restart_a_follower_first(obs, memory, leader, &current, &stale, &mut actions)
-                {
-                    coordinator = true;
-                }
                 let mut mine = Vec::new();
-                for (id, from, to) in batch.iter().filter(|_| {
-                    all_up && !(followers_first && stale_follower(memory, leader, &stale))
-                }) {
+                for (id, from, to) in batch.iter().filter(|_| all_up) {
                     if self::coordinator(obs, memory, id) == memory.node_id {
                         coordinator = true;
                         mine.push((*id).clone());
@@ -736,47 +728,6 @@ pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16)
         unread,
         held,
     }
-}
-
-/// Whether a manager other than the leader still holds an old address in
-/// its dockerd.
-fn stale_follower(memory: &Memory, leader: &str, stale: &BTreeMap<String, Vec<String>>) -> bool {
-    stale
-        .keys()
-        .any(|id| id != leader && is_manager(memory, id))
-}
-
-/// Restarts one follower manager whose dockerd holds an old address in
-/// place, as a raft member (the rules carry its peers to it), with workers
-/// alongside; whether this manager coordinates that. Its demotion then needs
-/// no restart and stops no task. The leader is re-addressed demote-first:
-/// restarted in place it costs an election (14.6 s to active, measured).
-fn restart_a_follower_first(
-    obs: &Observation,
-    memory: &Memory,
-    leader: &str,
-    current: &BTreeMap<String, Ipv4Addr>,
-    stale: &BTreeMap<String, Vec<String>>,
-    actions: &mut Vec<Action>,
-) -> bool {
-    let followers: BTreeMap<String, Vec<String>> = stale
-        .iter()
-        .filter(|(id, _)| *id != leader && is_manager(memory, id))
-        .map(|(id, held)| (id.clone(), held.clone()))
-        .collect();
-    let before = actions.len();
-    if !restart_some(obs, memory, current, &followers, &[], actions) {
-        return false;
-    }
-    let mine: Vec<String> = actions[before..]
-        .iter()
-        .filter_map(|a| match a {
-            Action::Restart { node, .. } => Some(node.clone()),
-            _ => None,
-        })
-        .collect();
-    restart_workers_alongside(obs, memory, current, stale, &mine, actions);
-    true
 }
 
 fn is_manager(memory: &Memory, id: &str) -> bool {
@@ -1993,61 +1944,6 @@ mod tests {
         o3.agents = o.agents.clone();
         o3.running = o.running.clone();
         assert!(steps(&plan(&o3, &memory("m3"), &rec, PORT)).is_empty());
-    }
-
-    #[test]
-    fn a_follower_manager_holding_old_addresses_restarts_in_place_before_its_demotion() {
-        let (mut o, map) = all_moved_and_recorded("m2");
-        o.health = healthy(
-            "m2",
-            &[("m1", "10.0.1.1"), ("m2", "10.0.2.2"), ("m3", "10.0.2.3")],
-        );
-        o.running = Some(
-            ["m1", "m2", "m3", "w1", "w2"]
-                .iter()
-                .map(|n| (n.to_string(), BTreeSet::from(["probe".to_string()])))
-                .collect(),
-        );
-        let set_node_addr = |o: &mut Observation, node: &str, addr: &str| {
-            let d = o
-                .agents
-                .get_mut(node)
-                .expect("agent")
-                .dockerd
-                .as_mut()
-                .expect("read");
-            d.node_addr = addr.into();
-        };
-        for (n, old) in [("m1", "10.0.1.1"), ("w1", "10.0.1.4")] {
-            set_node_addr(&mut o, n, old);
-        }
-        let rec = Recovery {
-            map,
-            ..readdressing(5, &[])
-        };
-        let steps = |p: &Plan| -> Vec<String> {
-            p.actions
-                .iter()
-                .filter_map(|a| match a {
-                    Action::Readdress { node, .. } => Some(format!("readdress {node}")),
-                    Action::Restart { node, .. } => Some(format!("restart {node}")),
-                    _ => None,
-                })
-                .collect()
-        };
-        let p = plan(&o, &memory("m2"), &rec, PORT);
-        assert_eq!(steps(&p), ["restart m1", "restart w1"], "no demotion yet");
-        assert!(p.coordinator);
-        // Restarted, it is demoted and promoted with no restart of its own.
-        set_node_addr(&mut o, "m1", "10.0.2.1");
-        assert_eq!(
-            steps(&plan(&o, &memory("m2"), &rec, PORT)),
-            ["readdress m1", "restart w1"]
-        );
-        // A manager down: no follower restarts, none is demoted.
-        set_node_addr(&mut o, "m1", "10.0.1.1");
-        o.proven.remove("m3");
-        assert!(steps(&plan(&o, &memory("m2"), &rec, PORT)).is_empty());
     }
 
     #[test]
