@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use glue_node_agent::protocol::{CommandBody, SigningKey};
 use glue_node_agent::server::unix_now;
+use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{self, AgentError, Issuer};
 use crate::docker::{short, DockerApi, JobState, KeyJob};
@@ -18,7 +19,34 @@ use crate::install::{self, Expected, Probe};
 use crate::keys::Sequence;
 use crate::memory::{ManagerKeys, PinnedAgent};
 use crate::ssh::{Ssh, SshError};
-use crate::status::NodeState;
+
+/// Where enrolling a node stands, as status shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    #[default]
+    Pending,
+    Working,
+    KeyJob,
+    Confirmed,
+    HostKeyChanged,
+    Unreachable,
+    Failed,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Pending => "pending",
+            NodeState::Working => "installing",
+            NodeState::KeyJob => "adding SSH key",
+            NodeState::Confirmed => "agent confirmed",
+            NodeState::HostKeyChanged => "HOST KEY CHANGED",
+            NodeState::Unreachable => "unreachable",
+            NodeState::Failed => "failed",
+        }
+    }
+}
 
 /// What every enrolment shares.
 pub struct Ctx {

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::enrol::NodeState;
 use crate::memory::{Memory, Role};
 
 pub const MAX_ERRORS: usize = 20;
@@ -29,33 +30,6 @@ pub struct StatusReport {
     /// The latest errors, newest last: (unix time, message).
     pub errors: VecDeque<(u64, String)>,
     pub updated_at: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeState {
-    #[default]
-    Pending,
-    Working,
-    KeyJob,
-    Confirmed,
-    HostKeyChanged,
-    Unreachable,
-    Failed,
-}
-
-impl NodeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Pending => "pending",
-            NodeState::Working => "installing",
-            NodeState::KeyJob => "adding SSH key",
-            NodeState::Confirmed => "agent confirmed",
-            NodeState::HostKeyChanged => "HOST KEY CHANGED",
-            NodeState::Unreachable => "unreachable",
-            NodeState::Failed => "failed",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
