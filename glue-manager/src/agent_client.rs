@@ -66,8 +66,7 @@ pub async fn send(
     let transport = |message: String| AgentError::Transport { endpoint, message };
     let bytes = tokio::time::timeout(timeout, post(endpoint, envelope))
         .await
-        .map_err(|_| transport(format!("no answer within {}s", timeout.as_secs())))?
-        .map_err(transport)?;
+        .map_err(|_| transport(format!("no answer within {}s", timeout.as_secs())))??;
     let (_, reply) =
         Reply::open(&bytes, &TrustSet::new([pinned])).map_err(|r| AgentError::BadReply {
             endpoint,
@@ -97,23 +96,30 @@ pub async fn send(
     }
 }
 
-async fn post(endpoint: SocketAddr, body: Vec<u8>) -> Result<Bytes, String> {
+async fn post(endpoint: SocketAddr, body: Vec<u8>) -> Result<Bytes, AgentError> {
+    let transport = |what: &str, e: &dyn std::fmt::Display| AgentError::Transport {
+        endpoint,
+        message: format!("{what}: {e}"),
+    };
     let stream = tokio::net::TcpStream::connect(endpoint)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| transport("connecting", &e))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| transport("handshake", &e))?;
     tokio::spawn(conn);
     let req = Request::post("/v1/command")
         .header("host", endpoint.to_string())
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        .map_err(|e| transport("building the request", &e))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| transport("sending the command", &e))?;
     let collected = Limited::new(resp.into_body(), MAX_ENVELOPE_BYTES)
         .collect()
         .await
-        .map_err(|e| format!("reading the reply: {e}"))?;
+        .map_err(|e| transport("reading the reply", &*e))?;
     Ok(collected.to_bytes())
 }

@@ -83,8 +83,20 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        source: InvalidSetting,
+    },
+}
+
+/// A setting out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSetting {
+    #[error("retry_min_s ({min}) must be at least 1 and at most retry_max_s ({max})")]
+    RetryRange { min: u64, max: u64 },
+    #[error("tick_interval_s must be at least 1 and lock_lease_s at least 10")]
+    TickOrLease,
 }
 
 impl Config {
@@ -106,22 +118,22 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        cfg.check().map_err(|message| ConfigError::Invalid {
+        cfg.check().map_err(|source| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message,
+            source,
         })?;
         Ok(cfg)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), InvalidSetting> {
         if self.retry_min_s == 0 || self.retry_max_s < self.retry_min_s {
-            return Err(format!(
-                "retry_min_s ({}) must be at least 1 and at most retry_max_s ({})",
-                self.retry_min_s, self.retry_max_s
-            ));
+            return Err(InvalidSetting::RetryRange {
+                min: self.retry_min_s,
+                max: self.retry_max_s,
+            });
         }
         if self.tick_interval_s == 0 || self.lock_lease_s < 10 {
-            return Err("tick_interval_s must be at least 1 and lock_lease_s at least 10".into());
+            return Err(InvalidSetting::TickOrLease);
         }
         Ok(())
     }
@@ -209,6 +221,6 @@ mod tests {
             retry_max_s: 5,
             ..Config::default()
         };
-        assert!(c.check().expect_err("refused").contains("retry_max_s"));
+        assert!(matches!(c.check(), Err(InvalidSetting::RetryRange { .. })));
     }
 }

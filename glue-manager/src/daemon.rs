@@ -12,13 +12,15 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
 use crate::docker::{DockerApi, Snapshot};
+use crate::enrol::NodeState;
 use crate::enrol::{self, Ctx, Done, Failure, Job};
 use crate::keys::{self, Sequence};
 use crate::memory::{self, ManagerKeys, Memory, MemoryStore, NodeMemory, PinnedAgent, Role};
 use crate::plan::Health;
 use crate::recovery::Recoverer;
 use crate::ssh::Ssh;
-use crate::status::{NodeState, StatusReport};
+use crate::status::StatusReport;
+use glue_node_agent::protocol::KeyError;
 
 /// Longest a look at Docker, or a round of recovery, may take.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -34,6 +36,15 @@ type Outcome = (String, Result<Done, Failure>);
 type Events = Pin<
     Box<dyn Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> + Send>,
 >;
+
+/// Why one look at a healthy swarm stopped half-way; the next tick looks again.
+#[derive(Debug, thiserror::Error)]
+enum ObserveError {
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
+    #[error("this manager's signing key: {0}")]
+    Key(#[from] KeyError),
+}
 
 /// Per node, what the daemon knows between enrolments.
 #[derive(Debug, Default)]
@@ -419,33 +430,32 @@ impl Daemon {
             return self.set_state(why);
         }
         if let Err(e) = self.observe_healthy(&docker, &snap).await {
-            self.error(e);
+            self.error(e.to_string());
         }
     }
 
-    async fn observe_healthy(&mut self, docker: &DockerApi, snap: &Snapshot) -> Result<(), String> {
+    async fn observe_healthy(
+        &mut self,
+        docker: &DockerApi,
+        snap: &Snapshot,
+    ) -> Result<(), ObserveError> {
         let mine = ManagerKeys {
             signing_key: self.signing.public(),
             ssh_key: self.ssh_pub.clone(),
         };
         if !self.registered {
-            if docker
-                .register(&snap.node_id, &mine)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if docker.register(&snap.node_id, &mine).await? {
                 tracing::info!(key = %mine.signing_key.short(), "registered this manager's keys in the swarm");
             }
             self.registered = true;
         }
         if !self.cleaned {
             // Whatever an earlier run of this manager left half-done.
-            let err = |e: crate::docker::DockerError| e.to_string();
-            for job in docker.my_key_jobs(&snap.node_id).await.map_err(err)? {
+            for job in docker.my_key_jobs(&snap.node_id).await? {
                 tracing::info!(job = %job, "removing a key job left by an earlier run");
-                docker.remove_service(&job).await.map_err(err)?;
+                docker.remove_service(&job).await?;
             }
-            let released = docker.release_locks_of(&snap.node_id).await.map_err(err)?;
+            let released = docker.release_locks_of(&snap.node_id).await?;
             if released > 0 {
                 tracing::info!("released {released} swarm lock(s) left by an earlier run");
             }
@@ -457,7 +467,7 @@ impl Daemon {
             .filter(|n| n.role == Role::Manager)
             .map(|n| n.id.as_str())
             .collect();
-        let mut registry = docker.registry().await.map_err(|e| e.to_string())?;
+        let mut registry = docker.registry().await?;
         // Only managers' keys are trusted; a demoted node's entry is ignored.
         registry.retain(|id, _| managers.contains(id.as_str()));
         if registry.get(&snap.node_id) != Some(&mine) {
@@ -498,11 +508,10 @@ impl Daemon {
         Ok(())
     }
 
-    fn make_ctx(&mut self, docker: DockerApi, manager_id: &str) -> Result<Ctx, String> {
+    fn make_ctx(&mut self, docker: DockerApi, manager_id: &str) -> Result<Ctx, KeyError> {
         Ok(Ctx {
             manager_id: manager_id.to_string(),
-            signing: glue_node_agent::protocol::SigningKey::from_pkcs8(self.signing.pkcs8())
-                .map_err(|e| e.to_string())?,
+            signing: glue_node_agent::protocol::SigningKey::from_pkcs8(self.signing.pkcs8())?,
             seq: self.seq.clone(),
             ssh: self.ssh.clone(),
             docker,

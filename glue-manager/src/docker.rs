@@ -334,7 +334,7 @@ impl DockerApi {
         holder: &str,
         lease: Duration,
         now: u64,
-    ) -> Result<Result<Lease, String>, DockerError> {
+    ) -> Result<Result<Lease, LockHeld>, DockerError> {
         let name = format!("{LOCK_PREFIX}{purpose}");
         for _ in 0..2 {
             let labels = HashMap::from([
@@ -367,15 +367,10 @@ impl DockerApi {
             // 300 s lease). A manager runs one task per purpose at a time,
             // so it is a leftover: taken over like an expired one.
             if expires > now && by != holder {
-                // A time of day, not "ends in Ns": the reason is said once
-                // per change in the timeline.
-                let t = expires % 86_400;
-                return Ok(Err(format!(
-                    "held by {by} until {:02}:{:02}:{:02} UTC",
-                    t / 3600,
-                    t / 60 % 60,
-                    t % 60
-                )));
+                return Ok(Err(LockHeld::By {
+                    holder: by,
+                    expires,
+                }));
             }
             // Expired or ours: remove exactly that lease (by ID, so a lease someone
             // else took meanwhile is never removed), then try again.
@@ -383,7 +378,7 @@ impl DockerApi {
                 let _ = self.docker.delete_secret(&id).await;
             }
         }
-        Ok(Err("contended".to_string()))
+        Ok(Err(LockHeld::Contended))
     }
 
     /// Drops every lock still held under `holder`'s name, and its quorum
@@ -824,13 +819,13 @@ impl DockerApi {
             let path = format!("/swarm/update?version={version}");
             match self.raw("POST", &path, Some(body)).await {
                 Ok(_) => return Ok(true),
-                Err(e) if attempt < 5 && e.contains("out of sequence") => {
+                Err(e) if attempt < 5 && e.to_string().contains("out of sequence") => {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
-                Err(message) => {
+                Err(e) => {
                     return Err(DockerError::Call {
                         what: format!("setting the dispatcher heartbeat to {period:?}"),
-                        message,
+                        message: e.to_string(),
                     })
                 }
             }
@@ -845,7 +840,10 @@ impl DockerApi {
             what: "inspecting the swarm".into(),
             message,
         };
-        let body = self.raw("GET", "/swarm", None).await.map_err(fail)?;
+        let body = self
+            .raw("GET", "/swarm", None)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let mut swarm: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| fail(e.to_string()))?;
         let version = swarm["Version"]["Index"]
@@ -865,16 +863,22 @@ impl DockerApi {
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<bytes::Bytes, String> {
+    ) -> Result<bytes::Bytes, RawError> {
         use http_body_util::{BodyExt, Full, Limited};
         let call = async {
+            let transport = |what| {
+                move |e: &dyn std::fmt::Display| RawError::Transport {
+                    what,
+                    message: e.to_string(),
+                }
+            };
             let stream = tokio::net::UnixStream::connect(&self.socket)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| transport("connecting")(&e))?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| transport("handshake")(&e))?;
             tokio::spawn(conn);
             let req = hyper::Request::builder()
                 .method(method)
@@ -882,26 +886,32 @@ impl DockerApi {
                 .header("host", "docker")
                 .header("content-type", "application/json")
                 .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| e.to_string())?;
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                .map_err(|e| transport("building the request")(&e))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| transport("sending the request")(&e))?;
             let status = resp.status();
             let bytes = Limited::new(resp.into_body(), 1 << 20)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the reply: {e}"))?
+                .map_err(|e| transport("reading the reply")(&*e))?
                 .to_bytes();
             if status.is_success() {
                 Ok(bytes)
             } else {
-                Err(format!(
-                    "{status}: {}",
-                    String::from_utf8_lossy(&bytes).trim()
-                ))
+                Err(RawError::Status {
+                    status,
+                    message: String::from_utf8_lossy(&bytes).trim().to_string(),
+                })
             }
         };
         match tokio::time::timeout(Duration::from_secs(3), call).await {
             Ok(r) => r,
-            Err(_) => Err(format!("{method} {path}: no answer within 3s")),
+            Err(_) => Err(RawError::Timeout {
+                method: method.to_string(),
+                path: path.to_string(),
+            }),
         }
     }
 
@@ -936,6 +946,49 @@ pub struct Held {
     /// Unix ms from which every node has heard of the raised period (one
     /// old period after it was raised, and a second).
     pub settled_ms: u64,
+}
+
+/// Why a swarm-wide lock was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockHeld {
+    /// Another holder's lease, until `expires` (Unix seconds).
+    By { holder: String, expires: u64 },
+    /// Taken and released by others while this manager tried twice.
+    Contended,
+}
+
+impl std::fmt::Display for LockHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // A time of day, not "ends in Ns": the reason is said once per
+            // change in the timeline.
+            LockHeld::By { holder, expires } => {
+                let t = expires % 86_400;
+                write!(
+                    f,
+                    "held by {holder} until {:02}:{:02}:{:02} UTC",
+                    t / 3600,
+                    t / 60 % 60,
+                    t % 60
+                )
+            }
+            LockHeld::Contended => f.write_str("contended"),
+        }
+    }
+}
+
+/// Why one raw Engine API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RawError {
+    #[error("{what}: {message}")]
+    Transport { what: &'static str, message: String },
+    #[error("{status}: {message}")]
+    Status {
+        status: hyper::StatusCode,
+        message: String,
+    },
+    #[error("{method} {path}: no answer within 3s")]
+    Timeout { method: String, path: String },
 }
 
 pub struct Lease {

@@ -32,6 +32,21 @@ pub enum IdentityError {
     BadRoot(String),
 }
 
+/// Why a peer's certificate does not name the manager expected there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    #[error("unreadable certificate: {0}")]
+    Unreadable(String),
+    #[error("certificate does not chain to the swarm root CA: {0}")]
+    NotFromRoot(String),
+    #[error("certificate is for cluster {0:?}")]
+    OtherCluster(String),
+    #[error("certificate is for a {0:?}, not a manager")]
+    NotManager(String),
+    #[error("certificate is for node {0:?}")]
+    OtherNode(String),
+}
+
 /// Who must be at the address.
 #[derive(Debug, Clone)]
 pub struct Expected {
@@ -57,9 +72,9 @@ fn first<'a>(
         .to_string()
 }
 
-pub fn subject_of(der: &[u8]) -> Result<Subject, String> {
+pub fn subject_of(der: &[u8]) -> Result<Subject, CertError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("unreadable certificate: {e}"))?;
+        .map_err(|e| CertError::Unreadable(e.to_string()))?;
     let s = cert.subject();
     let subject = Subject {
         cn: first(s.iter_common_name()),
@@ -70,22 +85,22 @@ pub fn subject_of(der: &[u8]) -> Result<Subject, String> {
 }
 
 /// Checks the subject: the expected manager of the expected cluster.
-pub fn check_subject(s: &Subject, exp: &Expected) -> Result<(), String> {
+pub fn check_subject(s: &Subject, exp: &Expected) -> Result<(), CertError> {
     if s.o != exp.cluster {
-        return Err(format!("certificate is for cluster {:?}", s.o));
+        return Err(CertError::OtherCluster(s.o.clone()));
     }
     if s.ou != "swarm-manager" {
-        return Err(format!("certificate is for a {:?}, not a manager", s.ou));
+        return Err(CertError::NotManager(s.ou.clone()));
     }
     if s.cn != exp.node {
-        return Err(format!("certificate is for node {:?}", s.cn));
+        return Err(CertError::OtherNode(s.cn.clone()));
     }
     Ok(())
 }
 
 #[derive(Debug, Default)]
 struct Seen {
-    chain: Option<Result<Subject, String>>,
+    chain: Option<Result<Subject, CertError>>,
     signature: bool,
 }
 
@@ -106,7 +121,7 @@ impl ServerCertVerifier for SwarmVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let checked = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| format!("unreadable certificate: {e}"))
+            .map_err(|e| CertError::Unreadable(e.to_string()))
             .and_then(|cert| {
                 cert.verify_for_usage(
                     self.provider.signature_verification_algorithms.all,
@@ -118,7 +133,7 @@ impl ServerCertVerifier for SwarmVerifier {
                     None,
                 )
                 .map(|_| ())
-                .map_err(|e| format!("certificate does not chain to the swarm root CA: {e}"))
+                .map_err(|e| CertError::NotFromRoot(e.to_string()))
             })
             .and_then(|()| subject_of(end_entity));
         let ok = checked.is_ok();
@@ -244,7 +259,7 @@ pub async fn prove_manager(
     };
     let subject = match seen.chain {
         None => return Err(unreachable("the peer showed no certificate".into())),
-        Some(Err(e)) => return Err(not(e)),
+        Some(Err(e)) => return Err(not(e.to_string())),
         Some(Ok(s)) => s,
     };
     if !seen.signature {
@@ -252,7 +267,7 @@ pub async fn prove_manager(
             "the peer did not prove it holds the certificate's key".into()
         ));
     }
-    check_subject(&subject, exp).map_err(not)?;
+    check_subject(&subject, exp).map_err(|e| not(e.to_string()))?;
     Ok(subject)
 }
 
@@ -280,23 +295,26 @@ mod tests {
             cn: "n2".into(),
             ..good.clone()
         };
-        assert!(check_subject(&other_node, &exp())
-            .expect_err("n2")
-            .contains("n2"));
+        assert_eq!(
+            check_subject(&other_node, &exp()),
+            Err(CertError::OtherNode("n2".into()))
+        );
         let worker = Subject {
             ou: "swarm-worker".into(),
             ..good.clone()
         };
-        assert!(check_subject(&worker, &exp())
-            .expect_err("worker")
-            .contains("swarm-worker"));
+        assert_eq!(
+            check_subject(&worker, &exp()),
+            Err(CertError::NotManager("swarm-worker".into()))
+        );
         let other_cluster = Subject {
             o: "c2".into(),
             ..good
         };
-        assert!(check_subject(&other_cluster, &exp())
-            .expect_err("c2")
-            .contains("c2"));
+        assert_eq!(
+            check_subject(&other_cluster, &exp()),
+            Err(CertError::OtherCluster("c2".into()))
+        );
     }
 
     #[test]

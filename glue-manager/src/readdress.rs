@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
-use crate::docker::short;
+use crate::docker::{short, DockerError};
 use crate::enrol::Ctx;
 use crate::memory::Role;
+use crate::ssh::SshError;
 
 /// The lock every re-addressing takes; one manager at a time, swarm-wide.
 pub const LOCK: &str = "readdress";
@@ -103,6 +104,47 @@ pub enum Outcome {
     NotNow(String),
 }
 
+/// Why a re-addressing step failed; the recovery tries it again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaddressError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("{0}; no manager is restarted while nodes can be declared down")]
+    Heartbeat(DockerError),
+    #[error("node {} ({hostname}) is not in the swarm", short(.node))]
+    NotInSwarm { node: String, hostname: String },
+    #[error("the swarm no longer lists {hostname}")]
+    Unlisted { hostname: String },
+    #[error("waited {}s for {what}{}", .secs, last_seen(.last))]
+    Timeout {
+        what: String,
+        secs: u64,
+        last: String,
+    },
+    /// Several targets of one step failed, each named.
+    #[error("{}", .0.iter().map(|(host, e)| format!("{host}: {e}")).collect::<Vec<_>>().join("; "))]
+    Several(Vec<(String, ReaddressError)>),
+}
+
+fn last_seen(last: &str) -> String {
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!(" (last seen: {last})")
+    }
+}
+
+/// Why a wait is not over yet: the last one is reported if it times out.
+struct NotYet(String);
+
+impl<E: std::fmt::Display> From<E> for NotYet {
+    fn from(e: E) -> NotYet {
+        NotYet(e.to_string())
+    }
+}
+
 fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -113,7 +155,7 @@ fn now_s() -> u64 {
 /// Re-addresses the `targets` (at most `plan::at_once` of them, chosen so
 /// the raft members left keep their quorum), side by side, under the one
 /// swarm lock.
-pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
+pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, ReaddressError> {
     let docker = &env.ctx.docker;
     // Every node must know the longer period before one goes silent: an
     // agent learns it at its next heartbeat, at most one old period away.
@@ -123,7 +165,7 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
     let held = docker
         .hold_heartbeat(HEARTBEAT, now_ms)
         .await
-        .map_err(|e| format!("{e}; no manager is restarted while nodes can be declared down"))?;
+        .map_err(ReaddressError::Heartbeat)?;
     if let Some(was) = held.raised_from {
         say(env, raised_line(was));
     }
@@ -132,8 +174,7 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
         + Duration::from_millis(held.settled_ms.saturating_sub(now_ms)).min(HEARTBEAT);
     let lease = match docker
         .lock(LOCK, &env.ctx.manager_id, LEASE, now_s())
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     {
         Ok(lease) => lease,
         Err(held) => return Ok(Outcome::NotNow(format!("the re-address lock is {held}"))),
@@ -167,15 +208,13 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, String> {
         match r {
             Ok(Outcome::Done) => {}
             Ok(Outcome::NotNow(why)) => waits.push(why),
-            Err(e) => errors.push(if targets.len() > 1 {
-                format!("{}: {e}", t.hostname)
-            } else {
-                e
-            }),
+            Err(e) => errors.push((t.hostname.clone(), e)),
         }
     }
-    if !errors.is_empty() {
-        Err(errors.join("; "))
+    if errors.len() == 1 && targets.len() == 1 {
+        Err(errors.remove(0).1)
+    } else if !errors.is_empty() {
+        Err(ReaddressError::Several(errors))
     } else if !waits.is_empty() {
         // Two managers stepped together mostly wait for the same reason.
         waits.sort();
@@ -196,11 +235,11 @@ async fn steps(
     promote: &tokio::sync::Mutex<()>,
     others: &[&str],
     settled: Instant,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ReaddressError> {
     let docker = &env.ctx.docker;
     let started = Instant::now();
     let name = &t.hostname;
-    let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
+    let snap = docker.snapshot().await?;
     if !snap.control_available {
         return Ok(Outcome::NotNow(format!(
             "the swarm does not answer here: {}",
@@ -208,10 +247,10 @@ async fn steps(
         )));
     }
     let Some(node) = snap.nodes.iter().find(|n| n.id == t.node) else {
-        return Err(format!(
-            "node {} ({name}) is not in the swarm",
-            short(&t.node)
-        ));
+        return Err(ReaddressError::NotInSwarm {
+            node: t.node.clone(),
+            hostname: name.clone(),
+        });
     };
     // Quorum is never put at risk: every other manager must be reachable
     // before one is taken out of raft.
@@ -287,14 +326,8 @@ async fn steps(
                 blind.join(", ")
             )));
         }
-        docker
-            .mark_readdress(&t.node, t.from, t.to)
-            .await
-            .map_err(|e| e.to_string())?;
-        docker
-            .set_role(&t.node, Role::Worker)
-            .await
-            .map_err(|e| e.to_string())?;
+        docker.mark_readdress(&t.node, t.from, t.to).await?;
+        docker.set_role(&t.node, Role::Worker).await?;
         touch(env, t).await;
         say(
             env,
@@ -321,9 +354,9 @@ async fn steps(
                         if out_of_raft_at.set(gave_up.elapsed()).is_ok() {
                             touch(env, t).await;
                         }
-                        Err(why)
+                        Err(NotYet(why))
                     }
-                    Demotion::Pending(why) => Err(why),
+                    Demotion::Pending(why) => Err(NotYet(why)),
                 }
             },
         )
@@ -356,7 +389,7 @@ async fn steps(
             );
         }
         wait(&format!("{name} to be ready"), || async move {
-            let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
+            let snap = docker.snapshot().await?;
             Ok(snap
                 .nodes
                 .iter()
@@ -364,10 +397,7 @@ async fn steps(
         })
         .await?;
         turn = Some(promote.lock().await);
-        docker
-            .set_role(&t.node, Role::Manager)
-            .await
-            .map_err(|e| e.to_string())?;
+        docker.set_role(&t.node, Role::Manager).await?;
     }
     let _turn = match turn {
         Some(t) => t,
@@ -400,10 +430,7 @@ async fn steps(
         },
     )
     .await?;
-    docker
-        .unmark_readdress(&t.node)
-        .await
-        .map_err(|e| e.to_string())?;
+    docker.unmark_readdress(&t.node).await?;
     say(
         env,
         format!(
@@ -430,38 +457,29 @@ async fn restart_in_place(
     t: &Target,
     stale: &[String],
     settled: Instant,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ReaddressError> {
     let name = &t.hostname;
     let docker = &env.ctx.docker;
     tokio::time::sleep_until(settled.into()).await;
     let started = Instant::now();
     // Until it goes, no manager takes the rules away (nor ends the
     // recovery) while the node's tasks start again.
-    docker
-        .mark_restart(&t.node)
-        .await
-        .map_err(|e| e.to_string())?;
+    docker.mark_restart(&t.node).await?;
     let script = restart_in_place_script(&env.map, &remotes(env, &t.node), Stale::AnyAddress);
     let out = run_restart(env, t, "restarting dockerd with its new addresses", &script).await?;
     if out.trim() == ALREADY_CURRENT {
-        docker
-            .unmark_restart(&t.node)
-            .await
-            .map_err(|e| e.to_string())?;
+        docker.unmark_restart(&t.node).await?;
         return Ok(Outcome::Done);
     }
     wait(&format!("{name} to be ready"), || async move {
-        let snap = docker.snapshot().await.map_err(|e| e.to_string())?;
+        let snap = docker.snapshot().await?;
         Ok(snap
             .nodes
             .iter()
             .any(|n| n.id == t.node && n.state == "ready"))
     })
     .await?;
-    docker
-        .unmark_restart(&t.node)
-        .await
-        .map_err(|e| e.to_string())?;
+    docker.unmark_restart(&t.node).await?;
     say(
         env,
         format!(
@@ -487,7 +505,7 @@ pub async fn restart_self(
     new: Ipv4Addr,
     stale: &[String],
     say: &mpsc::UnboundedSender<String>,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ReaddressError> {
     let started = Instant::now();
     let map = BTreeMap::from([(old, new)]);
     let out = ctx
@@ -500,8 +518,7 @@ pub async fn restart_self(
             b"",
             RESTART_TIMEOUT,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if out.trim() == ALREADY_CURRENT {
         return Ok(Outcome::NotNow(format!(
             "nothing listens at {new}:2377, but this host's dockerd pins no listener to an address it lost"
@@ -516,7 +533,12 @@ pub async fn restart_self(
 }
 
 /// Runs a restart script on `t` over SSH, bounded by [`RESTART_TIMEOUT`].
-async fn run_restart(env: &Env, t: &Target, what: &str, script: &str) -> Result<String, String> {
+async fn run_restart(
+    env: &Env,
+    t: &Target,
+    what: &str,
+    script: &str,
+) -> Result<String, ReaddressError> {
     env.ctx
         .ssh
         .run(
@@ -528,7 +550,7 @@ async fn run_restart(env: &Env, t: &Target, what: &str, script: &str) -> Result<
             RESTART_TIMEOUT,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(ReaddressError::from)
 }
 
 /// What the in-place restart prints when the node needed none.
@@ -577,14 +599,16 @@ enum Demotion {
 /// of raft. A stray member left beside a worker's certificate counts too:
 /// promoted, the node should rejoin under that member (swarmkit's Join
 /// gives a node ID it knows its member back; read in its source, not run).
-async fn gave_up_role(env: &Env, t: &Target) -> Result<Demotion, String> {
+async fn gave_up_role(env: &Env, t: &Target) -> Result<Demotion, ReaddressError> {
     let out = ssh(env, &t.node, t.to, "docker info", INFO).await?;
     let mut f = out.split_whitespace();
     let (control, _, worker) = (f.next(), f.next(), f.next());
     let worker_cert = worker.unwrap_or("0") != "0";
-    let snap = env.ctx.docker.snapshot().await.map_err(|e| e.to_string())?;
+    let snap = env.ctx.docker.snapshot().await?;
     let Some(n) = snap.nodes.iter().find(|n| n.id == t.node) else {
-        return Err("the swarm no longer lists it".into());
+        return Err(ReaddressError::Unlisted {
+            hostname: t.hostname.clone(),
+        });
     };
     if control != Some("false") || !worker_cert {
         let docker_says = format!(
@@ -677,18 +701,18 @@ async fn ssh(
     addr: Ipv4Addr,
     what: &str,
     cmd: &str,
-) -> Result<String, String> {
+) -> Result<String, ReaddressError> {
     env.ctx
         .ssh
         .run(node, &addr.to_string(), what, cmd, b"", SSH_TIMEOUT)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(ReaddressError::from)
 }
 
-async fn wait<F, Fut>(what: &str, mut check: F) -> Result<(), String>
+async fn wait<F, Fut>(what: &str, mut check: F) -> Result<(), ReaddressError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, String>>,
+    Fut: std::future::Future<Output = Result<bool, NotYet>>,
 {
     let start = Instant::now();
     let mut last = String::new();
@@ -696,19 +720,15 @@ where
         match check().await {
             Ok(true) => return Ok(()),
             Ok(false) => {}
-            Err(e) => last = e,
+            Err(NotYet(why)) => last = why,
         }
         tokio::time::sleep(POLL).await;
     }
-    Err(format!(
-        "waited {}s for {what}{}",
-        STEP_TIMEOUT.as_secs(),
-        if last.is_empty() {
-            String::new()
-        } else {
-            format!(" (last seen: {last})")
-        }
-    ))
+    Err(ReaddressError::Timeout {
+        what: what.to_string(),
+        secs: STEP_TIMEOUT.as_secs(),
+        last,
+    })
 }
 
 /// Stops dockerd (and its socket, so nothing starts it half-way), writes the

@@ -15,14 +15,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::agent_client::{self, Issuer};
-use crate::discovery::{ignored_interface, Announcement, Avahi, Event, Heard, Published};
+use crate::discovery::{
+    ignored_interface, Announcement, Avahi, DiscoveryError, Event, Heard, Published,
+};
 use crate::docker::DockerApi;
 use crate::enrol::Ctx;
 use crate::identity;
 use crate::keys::Sequence;
 use crate::memory::{Memory, Role};
 use crate::plan::{self, Action, AgentSeen, Health, Observation, Phase, Recovery};
-use crate::readdress::{self, Outcome};
+use crate::readdress::{self, Outcome, ReaddressError};
 
 const PROOF_TIMEOUT: Duration = Duration::from_secs(2);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -125,7 +127,10 @@ pub struct Recoverer {
     agent_port: u16,
     /// The re-addressing under way (this manager coordinates it): the node's
     /// name and the task.
-    readdressing: Option<(String, tokio::task::JoinHandle<Result<Outcome, String>>)>,
+    readdressing: Option<(
+        String,
+        tokio::task::JoinHandle<Result<Outcome, ReaddressError>>,
+    )>,
     /// Told when that task ends, so the next round need not wait its turn.
     readdress_done: Arc<tokio::sync::Notify>,
     say_tx: mpsc::UnboundedSender<String>,
@@ -290,7 +295,7 @@ impl Recoverer {
 
     /// Connects to Avahi, publishes this manager and browses for the others.
     /// Called again after a failure (Avahi restarted): publishes anew.
-    pub async fn discover(&mut self, memory: &Memory) -> Result<(), String> {
+    pub async fn discover(&mut self, memory: &Memory) -> Result<(), DiscoveryError> {
         if memory.cluster_id.is_empty() {
             return Ok(());
         }
@@ -304,15 +309,9 @@ impl Recoverer {
             }
         }
         if self.avahi.is_none() {
-            let avahi = Avahi::connect().await.map_err(|e| e.to_string())?;
-            avahi
-                .watch_owner(self.heard_tx.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            avahi
-                .browse(self.heard_tx.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+            let avahi = Avahi::connect().await?;
+            avahi.watch_owner(self.heard_tx.clone()).await?;
+            avahi.browse(self.heard_tx.clone()).await?;
             self.avahi = Some(avahi);
             self.published = None;
         }
@@ -367,7 +366,7 @@ impl Recoverer {
             }
             Err(e) => {
                 self.avahi = None;
-                Err(e.to_string())
+                Err(e)
             }
         }
     }
@@ -1068,7 +1067,7 @@ impl Recoverer {
         memory: &Memory,
         signing: &SigningKey,
         seq: &Sequence,
-    ) -> Result<glue_node_agent::protocol::AgentStatus, String> {
+    ) -> Result<glue_node_agent::protocol::AgentStatus, TellError> {
         let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, self.agent_port));
         tell(
             memory,
@@ -1233,23 +1232,35 @@ async fn tell(
     body: CommandBody,
     signing: &SigningKey,
     seq: &Sequence,
-) -> Result<glue_node_agent::protocol::AgentStatus, String> {
+) -> Result<glue_node_agent::protocol::AgentStatus, TellError> {
     let key = memory
         .nodes
         .get(node)
         .and_then(|n| n.agent.as_ref())
         .map(|a| a.key)
-        .ok_or_else(|| format!("no agent key pinned for node {node} (at {endpoint})"))?;
-    let seq = seq.next().map_err(|e| e.to_string())?;
+        .ok_or_else(|| TellError::NoKey {
+            node: node.to_string(),
+            endpoint,
+        })?;
+    let seq = seq.next()?;
     let issuer = Issuer {
         key: signing,
         cluster: &memory.cluster_id,
         seq,
         now: now_ms() / 1000,
     };
-    agent_client::send(endpoint, key, node, &issuer, body, AGENT_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(agent_client::send(endpoint, key, node, &issuer, body, AGENT_TIMEOUT).await?)
+}
+
+/// Why a command to an agent got no trusted answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TellError {
+    #[error("no agent key pinned for node {node} (at {endpoint})")]
+    NoKey { node: String, endpoint: SocketAddr },
+    #[error(transparent)]
+    Sequence(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Agent(#[from] agent_client::AgentError),
 }
 
 #[cfg(test)]
