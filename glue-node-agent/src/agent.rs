@@ -359,7 +359,11 @@ impl Agent {
                         ),
                     ),
                     Err(e) => {
-                        return self.refuse(cmd.seq, now, Refusal::new(RefusalCode::Internal, e));
+                        return self.refuse(
+                            cmd.seq,
+                            now,
+                            Refusal::new(RefusalCode::Internal, e.to_string()),
+                        );
                     }
                 }
             }
@@ -408,15 +412,18 @@ impl Agent {
     /// the overlay tunnels gone through: a process per overlay namespace,
     /// while raft's connections wait for their reset. Returns whether the
     /// kernel had to change.
-    fn enforce(&self) -> Result<bool, String> {
+    fn enforce(&self) -> Result<bool, EnforceError> {
         let enforced = self.enforce_rules();
         self.keep_tunnels();
         enforced
     }
 
-    fn enforce_rules(&self) -> Result<bool, String> {
+    fn enforce_rules(&self) -> Result<bool, EnforceError> {
         let waited = std::time::Instant::now();
-        let mut last = self.applying.lock().map_err(|_| "apply lock poisoned")?;
+        let mut last = self
+            .applying
+            .lock()
+            .map_err(|_| EnforceError::Poisoned("apply"))?;
         let started = std::time::Instant::now();
         let desired = self.state();
         let local = local_ipv4();
@@ -425,8 +432,7 @@ impl Agent {
             &desired.rewrites,
             last.as_ref().map(|l| l.rewrites.as_slice()),
             &self.ports,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let lost: Vec<Ipv4Addr> = match (last.as_ref().and_then(|l| l.local.as_ref()), &local) {
             (Some(before), Some(now)) => before.difference(now).copied().collect(),
             _ => Vec::new(),
@@ -483,19 +489,18 @@ impl Agent {
         let errors = reset::reset_after_change(self.resetter.as_ref(), olds.iter().copied());
         slow(resetting.elapsed());
         if !errors.is_empty() {
-            let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return Err(format!(
-                "rules are in force but stale connections remain (retried at the next check): {}",
-                msgs.join("; ")
-            ));
+            return Err(EnforceError::StaleConnections(errors));
         }
         self.owe(|owed| owed.retain(|a| !olds.contains(a)))?;
         Ok(changed)
     }
 
     /// Changes the addresses owed a reset, persisted (only when they change).
-    fn owe(&self, change: impl FnOnce(&mut BTreeSet<Ipv4Addr>)) -> Result<(), String> {
-        let mut state = self.state.lock().map_err(|_| "state lock poisoned")?;
+    fn owe(&self, change: impl FnOnce(&mut BTreeSet<Ipv4Addr>)) -> Result<(), EnforceError> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| EnforceError::Poisoned("state"))?;
         let mut owed: BTreeSet<Ipv4Addr> = state.pending_reset.iter().copied().collect();
         change(&mut owed);
         let owed: Vec<Ipv4Addr> = owed.into_iter().collect();
@@ -504,19 +509,36 @@ impl Agent {
         }
         let mut next = state.clone();
         next.pending_reset = owed;
-        self.commit(&mut state, next).map_err(|r| r.reason)
+        self.commit(&mut state, next)
+            .map_err(|r| EnforceError::Owe(r.reason))
     }
 
     /// Re-applies the desired set if something (a dockerd or firewalld
     /// restart) changed the rules, and retries pending resets. Returns whether
     /// the kernel had to change.
-    pub fn reassert(&self) -> Result<bool, String> {
+    pub fn reassert(&self) -> Result<bool, EnforceError> {
         self.enforce()
     }
 
     pub fn state_path(&self) -> &Path {
         self.store.path()
     }
+}
+
+/// Why the desired rules could not be put or kept in force.
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("the {0} lock is poisoned")]
+    Poisoned(&'static str),
+    #[error(transparent)]
+    Netfilter(#[from] netfilter::NetfilterError),
+    #[error(
+        "rules are in force but stale connections remain (retried at the next check): {}",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    StaleConnections(Vec<reset::ResetError>),
+    #[error("recording the addresses owed a reset: {0}")]
+    Owe(String),
 }
 
 /// The old addresses whose rule `after` adds, changes or removes against

@@ -12,9 +12,26 @@ use std::time::{Duration, Instant};
 /// How long one helper program may run.
 pub const LIMIT: Duration = Duration::from_secs(10);
 
+/// Why a helper program gave no output, naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelperError {
+    #[error("cannot run {program}: {message}")]
+    Start { program: String, message: String },
+    #[error("{program} did not finish within {}s and was killed", .limit.as_secs_f64())]
+    Killed { program: String, limit: Duration },
+    #[error("waiting for {program}: {message}")]
+    Wait { program: String, message: String },
+    #[error("writing to {program}: {message}")]
+    Write { program: String, message: String },
+}
+
 /// Runs `cmd` with `input` on its stdin; its output, or why there is none
 /// (it could not start, or was killed after `limit`), naming the program.
-pub fn output(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Result<Output, String> {
+pub fn output(
+    mut cmd: Command,
+    input: Option<&[u8]>,
+    limit: Duration,
+) -> Result<Output, HelperError> {
     let name = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .stdin(if input.is_some() {
@@ -25,7 +42,10 @@ pub fn output(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Result
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run {name}: {e}"))?;
+        .map_err(|e| HelperError::Start {
+            program: name.clone(),
+            message: e.to_string(),
+        })?;
     // Readers first: a program writing more than a pipe holds (a long
     // `conntrack -L`) must not block while its input is written or while
     // it is waited for.
@@ -67,12 +87,17 @@ pub fn output(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Result
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "{name} did not finish within {}s and was killed",
-                    limit.as_secs_f64()
-                ));
+                return Err(HelperError::Killed {
+                    program: name,
+                    limit,
+                });
             }
-            Err(e) => return Err(format!("waiting for {name}: {e}")),
+            Err(e) => {
+                return Err(HelperError::Wait {
+                    program: name,
+                    message: e.to_string(),
+                })
+            }
         }
     };
     let output = Output {
@@ -82,7 +107,10 @@ pub fn output(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> Result
     };
     // A program that failed before reading all its input says why itself.
     match writer.map(|w| w.join()) {
-        Some(Ok(Err(e))) if output.status.success() => Err(format!("writing to {name}: {e}")),
+        Some(Ok(Err(e))) if output.status.success() => Err(HelperError::Write {
+            program: name,
+            message: e.to_string(),
+        }),
         _ => Ok(output),
     }
 }
@@ -98,7 +126,10 @@ mod tests {
         let started = Instant::now();
         let e = output(cmd, None, Duration::from_millis(200)).expect_err("killed");
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(e, "sleep did not finish within 0.2s and was killed");
+        assert_eq!(
+            e.to_string(),
+            "sleep did not finish within 0.2s and was killed"
+        );
     }
 
     #[test]
@@ -122,6 +153,10 @@ mod tests {
             Duration::from_secs(1),
         )
         .expect_err("missing");
-        assert!(e.starts_with("cannot run no-such-program-here:"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot run no-such-program-here:"),
+            "{e}"
+        );
     }
 }

@@ -27,10 +27,23 @@ const MAX_INFO_BYTES: u64 = 1 << 20;
 /// A kept reading older than this is refreshed when a status is asked.
 const FRESH_MS: u64 = 1500;
 
+/// Why dockerd's addresses could not be read, naming the socket or file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DockerdError {
+    #[error("GET /info on {}: {message}", .socket.display())]
+    Info { socket: PathBuf, message: String },
+    #[error("/info is not JSON: {0}")]
+    InfoNotJson(String),
+    #[error("/info names no DockerRootDir")]
+    NoRootDir,
+    #[error("{}: {message}", .path.display())]
+    State { path: PathBuf, message: String },
+}
+
 /// Where dockerd's addresses are read from.
 pub trait DockerdSource: Send + Sync {
     /// `Swarm.NodeAddr` and the state file's address fields, or why not.
-    fn read(&self) -> Result<(String, BTreeMap<String, String>), String>;
+    fn read(&self) -> Result<(String, BTreeMap<String, String>), DockerdError>;
 }
 
 /// The real source: the Docker socket, and the state file under the root
@@ -40,22 +53,34 @@ pub struct DockerSocket {
 }
 
 impl DockerdSource for DockerSocket {
-    fn read(&self) -> Result<(String, BTreeMap<String, String>), String> {
+    fn read(&self) -> Result<(String, BTreeMap<String, String>), DockerdError> {
         let body = get_info(&self.socket)?;
         let (root, node_addr) = parse_info(&body)?;
         let path = Path::new(&root).join("swarm/docker-state.json");
         let state = match std::fs::read(&path) {
-            Ok(bytes) => parse_state(&bytes).map_err(|e| format!("{}: {e}", path.display()))?,
+            Ok(bytes) => parse_state(&bytes).map_err(|e| DockerdError::State {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
             // Not in a swarm (or left it): nothing pinned.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => {
+                return Err(DockerdError::State {
+                    path,
+                    message: e.to_string(),
+                })
+            }
         };
         Ok((node_addr, state))
     }
 }
 
-fn get_info(socket: &Path) -> Result<String, String> {
-    let what = |e: std::io::Error| format!("GET /info on {}: {e}", socket.display());
+fn get_info(socket: &Path) -> Result<String, DockerdError> {
+    let fail = |message: String| DockerdError::Info {
+        socket: socket.to_path_buf(),
+        message,
+    };
+    let what = |e: std::io::Error| fail(e.to_string());
     let mut s = UnixStream::connect(socket).map_err(what)?;
     s.set_read_timeout(Some(INFO_TIMEOUT)).map_err(what)?;
     s.set_write_timeout(Some(INFO_TIMEOUT)).map_err(what)?;
@@ -67,21 +92,21 @@ fn get_info(socket: &Path) -> Result<String, String> {
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("GET /info on {}: no HTTP answer", socket.display()))?;
+        .ok_or_else(|| fail("no HTTP answer".into()))?;
     let status = head.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("GET /info on {}: {status}", socket.display()));
+        return Err(fail(status.to_string()));
     }
     Ok(body.to_string())
 }
 
 /// dockerd's root directory and `Swarm.NodeAddr` from the body of `/info`.
-pub fn parse_info(body: &str) -> Result<(String, String), String> {
+pub fn parse_info(body: &str) -> Result<(String, String), DockerdError> {
     let v: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("/info is not JSON: {e}"))?;
+        serde_json::from_str(body).map_err(|e| DockerdError::InfoNotJson(e.to_string()))?;
     let root = v["DockerRootDir"]
         .as_str()
-        .ok_or("/info names no DockerRootDir")?
+        .ok_or(DockerdError::NoRootDir)?
         .to_string();
     let node_addr = v["Swarm"]["NodeAddr"]
         .as_str()
@@ -91,9 +116,8 @@ pub fn parse_info(body: &str) -> Result<(String, String), String> {
 }
 
 /// The non-empty address fields of `docker-state.json`.
-pub fn parse_state(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+pub fn parse_state(bytes: &[u8]) -> Result<BTreeMap<String, String>, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)?;
     Ok(STATE_FIELDS
         .iter()
         .filter_map(|f| {
@@ -144,7 +168,7 @@ impl DockerdWatch {
     pub fn read_now(source: &dyn DockerdSource) -> DockerdAddrs {
         let (node_addr, state, error) = match source.read() {
             Ok((n, s)) => (n, s, None),
-            Err(e) => (String::new(), BTreeMap::new(), Some(e)),
+            Err(e) => (String::new(), BTreeMap::new(), Some(e.to_string())),
         };
         DockerdAddrs {
             read_ms: crate::unix_ms(),
@@ -169,10 +193,11 @@ mod tests {
         // Not in a swarm: no address, not an error.
         let body = r#"{"DockerRootDir":"/d","Swarm":{"NodeAddr":"","LocalNodeState":"inactive"}}"#;
         assert_eq!(parse_info(body), Ok(("/d".into(), String::new())));
-        assert!(parse_info("<html>").expect_err("html").contains("not JSON"));
-        assert!(parse_info("{}")
-            .expect_err("no root")
-            .contains("DockerRootDir"));
+        assert!(matches!(
+            parse_info("<html>"),
+            Err(DockerdError::InfoNotJson(_))
+        ));
+        assert_eq!(parse_info("{}"), Err(DockerdError::NoRootDir));
     }
 
     #[test]
@@ -193,10 +218,13 @@ mod tests {
     struct Fixed(Mutex<u32>);
 
     impl DockerdSource for Fixed {
-        fn read(&self) -> Result<(String, BTreeMap<String, String>), String> {
+        fn read(&self) -> Result<(String, BTreeMap<String, String>), DockerdError> {
             let mut n = self.0.lock().expect("lock");
             *n += 1;
-            Err(format!("reading {n}"))
+            Err(DockerdError::Info {
+                socket: PathBuf::from("/fixed"),
+                message: format!("reading {n}"),
+            })
         }
     }
 
@@ -213,9 +241,9 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(seen.as_deref(), Some("reading 1"));
+        assert_eq!(seen.as_deref(), Some("GET /info on /fixed: reading 1"));
         // Fresh: kept as it is.
         let again = watch.current(crate::unix_ms()).and_then(|r| r.error);
-        assert_eq!(again.as_deref(), Some("reading 1"));
+        assert_eq!(again.as_deref(), Some("GET /info on /fixed: reading 1"));
     }
 }

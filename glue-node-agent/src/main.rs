@@ -270,9 +270,7 @@ fn status(cfg: &Config) -> anyhow::Result<()> {
     for p in problems {
         println!("  trust       problem: {p}");
     }
-    let state = StateStore::new(cfg.state_path())
-        .peek()
-        .map_err(anyhow::Error::msg)?;
+    let state = StateStore::new(cfg.state_path()).peek()?;
     println!("  generation  {}", state.generation);
     let in_force = netfilter::in_force(&Iptables::new()?, &state.rewrites, &cfg.ports())?;
     println!(

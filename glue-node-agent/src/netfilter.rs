@@ -73,7 +73,7 @@ impl Netfilter for Iptables {
         let mut cmd = Command::new("iptables-restore");
         cmd.args(["--noflush", "--wait"]);
         let out = crate::bounded::output(cmd, Some(batch.as_bytes()), crate::bounded::LIMIT)
-            .map_err(fail)?;
+            .map_err(|e| fail(e.to_string()))?;
         if out.status.success() {
             Ok(())
         } else {

@@ -61,7 +61,8 @@ fn ip_in(netns: &Path, args: &[&str]) -> Result<String, TunnelError> {
         command: command.clone(),
         reason,
     };
-    let out = crate::bounded::output(cmd, None, crate::bounded::LIMIT).map_err(fail)?;
+    let out = crate::bounded::output(cmd, None, crate::bounded::LIMIT)
+        .map_err(|e| fail(e.to_string()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         // dockerd mounted it after the agent started, and the mount did not

@@ -27,10 +27,10 @@ fn run(program: &str, args: &[String], ok_codes: &[i32]) -> Result<(), ResetErro
     let command = format!("{program} {}", args.join(" "));
     let mut cmd = Command::new(program);
     cmd.args(args);
-    let out = crate::bounded::output(cmd, None, crate::bounded::LIMIT).map_err(|reason| {
+    let out = crate::bounded::output(cmd, None, crate::bounded::LIMIT).map_err(|e| {
         ResetError::Failed {
             command: command.clone(),
-            reason,
+            reason: e.to_string(),
         }
     })?;
     match out.status.code() {

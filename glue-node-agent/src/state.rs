@@ -38,6 +38,8 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -95,12 +97,14 @@ impl StateStore {
 
     /// Reads the state without repairing anything (for `status`); absent
     /// means empty, corrupt is an error naming the file.
-    pub fn peek(&self) -> Result<AgentState, String> {
+    pub fn peek(&self) -> Result<AgentState, StateError> {
         match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{} is corrupt: {e}", self.path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                message: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
-            Err(e) => Err(format!("{}: {e}", self.path.display())),
+            Err(e) => Err(io(&self.path)(e)),
         }
     }
 
