@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::docker::{DockerApi, Snapshot};
 use crate::enrol::NodeState;
 use crate::enrol::{self, Ctx, Done, Failure, Job};
+use crate::host::System;
 use crate::keys::{self, Sequence};
 use crate::memory::{self, ManagerKeys, Memory, MemoryStore, NodeMemory, PinnedAgent, Role};
 use crate::plan::Health;
@@ -152,7 +153,7 @@ impl Daemon {
             written_report: None,
             signing,
             seq: Arc::new(seq),
-            recoverer: Recoverer::new(cfg.recovery_path(), cfg.agent_port),
+            recoverer: Recoverer::new(cfg.recovery_path(), cfg.agent_port, Arc::new(System)),
             health: Health::DockerDown,
             avahi_down: false,
             ssh,

@@ -280,15 +280,7 @@ impl Announcement {
     }
 }
 
-/// Interfaces whose addresses are never a node's swarm address (Avahi
-/// publishes them too on a Docker host).
-pub fn ignored_interface(name: &str) -> bool {
-    name == "lo"
-        || name == "docker0"
-        || name == "docker_gwbridge"
-        || name.starts_with("veth")
-        || name.starts_with("br-")
-}
+pub use crate::host::ignored_interface;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -688,15 +680,5 @@ mod tests {
         let mut txt = ann().txt();
         txt[0] = b"v=2".to_vec();
         assert!(Announcement::parse(&txt).is_err());
-    }
-
-    #[test]
-    fn docker_and_bridge_interfaces_are_ignored() {
-        for n in ["docker0", "docker_gwbridge", "veth12ab", "br-0f3c", "lo"] {
-            assert!(ignored_interface(n), "{n}");
-        }
-        for n in ["eth0", "ens3", "enp0s25", "wlan0"] {
-            assert!(!ignored_interface(n), "{n}");
-        }
     }
 }

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod discovery;
 pub mod docker;
 pub mod enrol;
+pub mod host;
 pub mod identity;
 pub mod install;
 pub mod keys;

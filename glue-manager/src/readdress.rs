@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::docker::{short, DockerError};
 use crate::enrol::Ctx;
+use crate::host::unix_ms;
 use crate::memory::Role;
 use crate::ssh::SshError;
 
@@ -145,13 +146,6 @@ impl<E: std::fmt::Display> From<E> for NotYet {
     }
 }
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Re-addresses the `targets` (at most `plan::at_once` of them, chosen so
 /// the raft members left keep their quorum), side by side, under the one
 /// swarm lock.
@@ -159,9 +153,7 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, ReaddressErro
     let docker = &env.ctx.docker;
     // Every node must know the longer period before one goes silent: an
     // agent learns it at its next heartbeat, at most one old period away.
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = unix_ms();
     let held = docker
         .hold_heartbeat(HEARTBEAT, now_ms)
         .await
@@ -173,7 +165,7 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, ReaddressErro
     let settled = Instant::now()
         + Duration::from_millis(held.settled_ms.saturating_sub(now_ms)).min(HEARTBEAT);
     let lease = match docker
-        .lock(LOCK, &env.ctx.manager_id, LEASE, now_s())
+        .lock(LOCK, &env.ctx.manager_id, LEASE, unix_ms() / 1000)
         .await?
     {
         Ok(lease) => lease,

@@ -20,6 +20,7 @@ use crate::discovery::{
 };
 use crate::docker::DockerApi;
 use crate::enrol::Ctx;
+use crate::host::Host;
 use crate::identity;
 use crate::keys::Sequence;
 use crate::memory::{Memory, Role};
@@ -40,21 +41,6 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// round (2 s) asks again.
 const WORKER_RESOLVE: Duration = Duration::from_millis(800);
 const RAFT_PORT: u16 = 2377;
-
-/// This host's usable IPv4 addresses (no loopback, Docker or bridge ones).
-pub fn local_addrs() -> Vec<Ipv4Addr> {
-    let mut out: Vec<Ipv4Addr> = nix::ifaddrs::getifaddrs()
-        .map(|it| {
-            it.filter(|i| !ignored_interface(&i.interface_name))
-                .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())))
-                .filter(|a| !a.is_loopback() && !a.is_link_local())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out.dedup();
-    out
-}
 
 /// Persisted progress and the timeline of the last recovery.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +91,10 @@ impl RecoveryFile {
 
 pub struct Recoverer {
     path: PathBuf,
+    /// This host's addresses and clock.
+    host: Arc<dyn Host>,
+    /// Its addresses as last read: what a failed read stands for.
+    last_local: std::sync::Mutex<Vec<Ipv4Addr>>,
     pub file: RecoveryFile,
     avahi: Option<Avahi>,
     published: Option<(Announcement, zbus::zvariant::OwnedObjectPath)>,
@@ -225,20 +215,13 @@ fn hostname_of(memory: &Memory, node: &str) -> String {
         .map_or_else(|| node.to_string(), |n| n.hostname.clone())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Recoverer {
-    pub fn new(path: PathBuf, agent_port: u16) -> Recoverer {
+    pub fn new(path: PathBuf, agent_port: u16, host: Arc<dyn Host>) -> Recoverer {
         let file = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 // A recovery under way is re-planned from what is seen; the
                 // damaged file is kept for a person to look at.
-                let aside = path.with_extension(format!("corrupt-{}", now_ms() / 1000));
+                let aside = path.with_extension(format!("corrupt-{}", host.now_ms() / 1000));
                 let moved = std::fs::rename(&path, &aside);
                 tracing::error!(
                     "{} is corrupt ({e}); {}; starting from what is seen",
@@ -254,8 +237,13 @@ impl Recoverer {
         };
         let (heard_tx, heard_rx) = mpsc::channel(64);
         let (say_tx, say_rx) = mpsc::unbounded_channel();
+        // Unread at start: none, which counts as moved (the cautious side:
+        // the swarm must then prove it can commit).
+        let last_local = std::sync::Mutex::new(host.addrs().unwrap_or_default());
         Recoverer {
             path,
+            host,
+            last_local,
             file,
             avahi: None,
             published: None,
@@ -334,7 +322,7 @@ impl Recoverer {
         let ann = Announcement {
             cluster: memory.cluster_id.clone(),
             node: memory.node_id.clone(),
-            addrs: local_addrs(),
+            addrs: self.local_addrs(),
             agent_port: self.agent_port,
         };
         if ann.addrs.is_empty() || self.published.as_ref().map(|(a, _)| a) == Some(&ann) {
@@ -389,11 +377,29 @@ impl Recoverer {
         self.publish_events = None;
     }
 
+    /// This host's addresses now; if they cannot be read, the last ones
+    /// read (a failed read must not look like a move).
+    fn local_addrs(&self) -> Vec<Ipv4Addr> {
+        let Ok(mut last) = self.last_local.lock() else {
+            return Vec::new();
+        };
+        match self.host.addrs() {
+            Ok(addrs) => {
+                last.clone_from(&addrs);
+                addrs
+            }
+            Err(e) => {
+                tracing::warn!("{e}; going by the addresses read before: {last:?}");
+                last.clone()
+            }
+        }
+    }
+
     /// Whether a swarm that answers must also prove it can commit (see
     /// [`crate::docker::DockerApi::quorum`]): when this host or a peer moved,
     /// or while rewrites are going out.
     pub fn quorum_in_doubt(&self, memory: &Memory) -> bool {
-        let local = local_addrs();
+        let local = self.local_addrs();
         let mine_moved =
             plan::remembered_addr(memory, &memory.node_id).is_some_and(|a| !local.contains(&a));
         self.file.recovery.phase == Phase::Rewrite || mine_moved || self.peers_moved(memory)
@@ -723,7 +729,7 @@ impl Recoverer {
 
     fn timeline(&mut self, line: String, lines: &mut Vec<String>) {
         tracing::info!("recovery: {line}");
-        self.file.record(now_ms(), line.clone());
+        self.file.record(self.host.now_ms(), line.clone());
         lines.push(line);
     }
 
@@ -738,7 +744,7 @@ impl Recoverer {
     ) -> Vec<String> {
         let mut lines = Vec::new();
         self.collect_readdressing(&mut lines).await;
-        let local = local_addrs();
+        let local = self.local_addrs();
         let mine_moved =
             plan::remembered_addr(memory, &memory.node_id).is_some_and(|a| !local.contains(&a));
         for (node, why) in stale_proofs(&self.proven, &self.proof_basis, memory, mine_moved) {
@@ -805,7 +811,7 @@ impl Recoverer {
         };
         let marks_unknown = pending.is_none();
         let mut obs = Observation {
-            now_ms: now_ms(),
+            now_ms: self.host.now_ms(),
             health,
             local,
             proven: self.proven.clone(),
@@ -1037,7 +1043,9 @@ impl Recoverer {
             (p.next.phase, self.heartbeat_held, healthy, &ctx)
         {
             let what = "raising the dispatcher heartbeat";
-            let hold = ctx.docker.hold_heartbeat(readdress::HEARTBEAT, now_ms());
+            let hold = ctx
+                .docker
+                .hold_heartbeat(readdress::HEARTBEAT, self.host.now_ms());
             if let Some(held) = bounded(what, hold).await {
                 self.heartbeat_held = true;
                 self.heartbeat_leader = leader.clone();
@@ -1247,7 +1255,7 @@ async fn tell(
         key: signing,
         cluster: &memory.cluster_id,
         seq,
-        now: now_ms() / 1000,
+        now: crate::host::unix_ms() / 1000,
     };
     Ok(agent_client::send(endpoint, key, node, &issuer, body, AGENT_TIMEOUT).await?)
 }
@@ -1368,5 +1376,74 @@ mod tests {
             },
         )]);
         assert!(stale_proofs(&at_new, &after, &memory("10.0.1.3"), true).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+    use crate::host::{HostError, Recording};
+    use crate::memory::NodeMemory;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("ip")
+    }
+
+    /// This manager, m1, remembered at 10.0.1.1.
+    fn memory() -> Memory {
+        let mut m = Memory {
+            node_id: "m1".into(),
+            cluster_id: "c".into(),
+            ..Memory::default()
+        };
+        m.nodes.insert(
+            "m1".into(),
+            NodeMemory {
+                hostname: "m1".into(),
+                role: Role::Manager,
+                availability: "active".into(),
+                addr: "10.0.1.1".into(),
+                manager_addr: Some("10.0.1.1:2377".into()),
+                arch: "x86_64".into(),
+                agent: None,
+            },
+        );
+        m
+    }
+
+    /// A recoverer whose file does not exist (nothing here writes it).
+    fn recoverer(host: Arc<Recording>) -> Recoverer {
+        let path = std::env::temp_dir().join(format!(
+            "swarm-glue-no-such-recovery-{}.json",
+            std::process::id()
+        ));
+        Recoverer::new(path, 7950, host)
+    }
+
+    #[test]
+    fn a_lost_address_puts_quorum_in_doubt_and_an_unreadable_one_does_not() {
+        let host = Arc::new(Recording::new(&[ip("10.0.1.1")], 1_000));
+        let r = recoverer(host.clone());
+        assert!(!r.quorum_in_doubt(&memory()), "at its remembered address");
+        // getifaddrs failing says nothing about a move: the last reading stands.
+        host.set_addrs(Err(HostError("EMFILE".into())));
+        assert!(!r.quorum_in_doubt(&memory()), "unreadable is not moved");
+        host.set_addrs(Ok(vec![ip("10.0.2.1")]));
+        assert!(r.quorum_in_doubt(&memory()), "moved");
+        host.set_addrs(Err(HostError("EMFILE".into())));
+        assert!(r.quorum_in_doubt(&memory()), "still moved as last read");
+    }
+
+    #[test]
+    fn the_timeline_is_stamped_by_the_hosts_clock() {
+        let host = Arc::new(Recording::new(&[ip("10.0.1.1")], 5_000));
+        let mut r = recoverer(host.clone());
+        let mut lines = Vec::new();
+        r.timeline("first".into(), &mut lines);
+        host.advance_ms(1_500);
+        r.timeline("second".into(), &mut lines);
+        let stamps: Vec<u64> = r.file.timeline.iter().map(|(ms, _)| *ms).collect();
+        assert_eq!(stamps, [5_000, 6_500]);
+        assert_eq!(lines, ["first", "second"]);
     }
 }

@@ -79,27 +79,7 @@ pub fn output(
         }
         _ => None,
     };
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(HelperError::Killed {
-                    program: name,
-                    limit,
-                });
-            }
-            Err(e) => {
-                return Err(HelperError::Wait {
-                    program: name,
-                    message: e.to_string(),
-                })
-            }
-        }
-    };
+    let status = wait(&mut child, &name, limit)?;
     let output = Output {
         status,
         stdout: out.join().unwrap_or_default(),
@@ -112,6 +92,35 @@ pub fn output(
             message: e.to_string(),
         }),
         _ => Ok(output),
+    }
+}
+
+/// Waits for `child` to exit; kills it once `limit` is up.
+fn wait(
+    child: &mut std::process::Child,
+    name: &str,
+    limit: Duration,
+) -> Result<std::process::ExitStatus, HelperError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(HelperError::Killed {
+                    program: name.to_string(),
+                    limit,
+                });
+            }
+            Err(e) => {
+                return Err(HelperError::Wait {
+                    program: name.to_string(),
+                    message: e.to_string(),
+                })
+            }
+        }
     }
 }
 
