@@ -394,339 +394,455 @@ fn fmt_map(map: &BTreeMap<Ipv4Addr, Ipv4Addr>) -> String {
 }
 
 pub fn plan(obs: &Observation, memory: &Memory, rec: &Recovery, agent_port: u16) -> Plan {
-    let mut next = rec.clone();
-    let mut actions = Vec::new();
-    let current = current_addrs(obs, memory);
-    let mut map = BTreeMap::new();
-    for (id, now) in &current {
-        if let Some(old) = remembered_addr(memory, id) {
-            if old != *now {
-                map.insert(old, *now);
-            }
+    let round = Round::new(obs, memory);
+    let map = round.observed_map();
+    let mut step = Step {
+        next: rec.clone(),
+        actions: Vec::new(),
+        coordinator: false,
+        held: None,
+    };
+    if step.next.phase == Phase::Idle && !map.is_empty() {
+        round.detect(&map, &mut step);
+    }
+    if step.next.phase == Phase::Idle {
+        return step.into_plan();
+    }
+    round.merge_map(&map, rec.generation, &mut step);
+    round.restart_own_listener(&mut step);
+    if let Health::Healthy { leader, recorded } = &obs.health {
+        round.after_quorum(leader, recorded, &mut step);
+    }
+    // A manager that cannot see its Docker has no say once quorum is back:
+    // the others re-address and clean up.
+    if obs.health == Health::DockerDown && step.next.phase != Phase::Rewrite {
+        return step.into_plan();
+    }
+    round.sets_for_agents(agent_port, step)
+}
+
+/// What one round of planning works from: the observation, the memory and
+/// where every node is now.
+struct Round<'a> {
+    obs: &'a Observation,
+    memory: &'a Memory,
+    current: BTreeMap<String, Ipv4Addr>,
+}
+
+/// The plan as it is built: the next recovery state, the actions, whether
+/// this manager coordinates a step and why one is held.
+struct Step {
+    next: Recovery,
+    actions: Vec<Action>,
+    coordinator: bool,
+    held: Option<String>,
+}
+
+impl Step {
+    /// The plan when no agent is told anything this round.
+    fn into_plan(self) -> Plan {
+        Plan {
+            actions: self.actions,
+            next: self.next,
+            coordinator: self.coordinator,
+            no_address: Vec::new(),
+            late: Vec::new(),
+            stale: BTreeMap::new(),
+            dockerd_unread: BTreeMap::new(),
+            unread: Vec::new(),
+            held: self.held,
         }
     }
-    // What other managers proved reaches us through the agents they told:
-    // a rule for an address this manager knows nothing about is taken over.
-    for seen in obs.agents.values() {
-        for r in &seen.rewrites {
-            if !map.contains_key(&r.from) && !current.values().any(|c| *c == r.from) {
-                map.insert(r.from, r.to);
-            }
+}
+
+/// What the agents were told this round, and who clean-up waits for.
+#[derive(Default)]
+struct Told {
+    all_clean: bool,
+    no_address: Vec<String>,
+    late: Vec<String>,
+    unread: Vec<String>,
+    unpinned: Vec<String>,
+}
+
+impl<'a> Round<'a> {
+    fn new(obs: &'a Observation, memory: &'a Memory) -> Round<'a> {
+        Round {
+            obs,
+            memory,
+            current: current_addrs(obs, memory),
         }
     }
-    let newest_seen = obs.agents.values().map(|a| a.generation).max().unwrap_or(0);
-    let mut coordinator = false;
-    let mut held = None;
-    let recorded_current = |recorded: &BTreeMap<String, Ipv4Addr>| {
-        !obs.marks_unknown
-            && obs.pending.is_empty()
-            && memory
+
+    /// Old → new address of every node seen away from where it is
+    /// remembered, and of every rule another manager put on an agent.
+    fn observed_map(&self) -> BTreeMap<Ipv4Addr, Ipv4Addr> {
+        let mut map = BTreeMap::new();
+        for (id, now) in &self.current {
+            if let Some(old) = remembered_addr(self.memory, id) {
+                if old != *now {
+                    map.insert(old, *now);
+                }
+            }
+        }
+        // What other managers proved reaches us through the agents they
+        // told: a rule for an address this manager knows nothing about is
+        // taken over.
+        for seen in self.obs.agents.values() {
+            for r in &seen.rewrites {
+                if !map.contains_key(&r.from) && !self.current.values().any(|c| *c == r.from) {
+                    map.insert(r.from, r.to);
+                }
+            }
+        }
+        map
+    }
+
+    /// Whether raft records every manager that is up at its current
+    /// address, with no demotion half-way.
+    fn recorded_current(&self, recorded: &BTreeMap<String, Ipv4Addr>) -> bool {
+        !self.obs.marks_unknown
+            && self.obs.pending.is_empty()
+            && self
+                .memory
                 .nodes
                 .iter()
                 .filter(|(_, n)| n.role == Role::Manager)
-                .all(|(id, _)| match (recorded.get(id), current.get(id)) {
+                .all(|(id, _)| match (recorded.get(id), self.current.get(id)) {
                     (Some(r), Some(c)) => r == c,
                     // A manager that is not up now cannot be re-addressed; it
                     // keeps its entry and is re-addressed when it shows up.
                     (_, None) => true,
                     (None, Some(_)) => false,
                 })
-    };
+    }
 
-    // Detect: something moved and Docker does not know yet.
-    if next.phase == Phase::Idle && !map.is_empty() {
-        let stale = match &obs.health {
-            Health::Healthy { recorded, .. } => !recorded_current(recorded),
+    /// Detect: something moved and Docker does not know yet.
+    fn detect(&self, map: &BTreeMap<Ipv4Addr, Ipv4Addr>, step: &mut Step) {
+        let stale = match &self.obs.health {
+            Health::Healthy { recorded, .. } => !self.recorded_current(recorded),
             Health::NoLeader => true,
             Health::DockerDown => false,
         };
-        if stale {
-            next = Recovery {
-                phase: Phase::Rewrite,
-                started_ms: Some(obs.now_ms),
-                before: memory
-                    .nodes
-                    .keys()
-                    .filter_map(|id| Some((id.clone(), remembered_addr(memory, id)?)))
-                    .collect(),
-                ..Recovery::default()
-            };
-            actions.push(Action::Timeline(format!(
-                "detected: nodes moved ({}); the swarm {}",
-                fmt_map(&map),
-                match obs.health {
-                    Health::NoLeader => "has no leader",
-                    _ => "records old addresses",
-                }
-            )));
+        if !stale {
+            return;
         }
-    }
-    if next.phase == Phase::Idle {
-        return Plan {
-            actions,
-            next,
-            coordinator,
-            no_address: Vec::new(),
-            late: Vec::new(),
-            stale: BTreeMap::new(),
-            dockerd_unread: BTreeMap::new(),
-            unread: Vec::new(),
-            held: None,
+        step.next = Recovery {
+            phase: Phase::Rewrite,
+            started_ms: Some(self.obs.now_ms),
+            before: self
+                .memory
+                .nodes
+                .keys()
+                .filter_map(|id| Some((id.clone(), remembered_addr(self.memory, id)?)))
+                .collect(),
+            ..Recovery::default()
         };
+        step.actions.push(Action::Timeline(format!(
+            "detected: nodes moved ({}); the swarm {}",
+            fmt_map(map),
+            match self.obs.health {
+                Health::NoLeader => "has no leader",
+                _ => "records old addresses",
+            }
+        )));
     }
-    // The map grows as peers are proven, and changes if they move again.
-    if matches!(next.phase, Phase::Rewrite | Phase::Readdress) && !map.is_empty() {
-        let mut merged = next.map.clone();
-        for (old, now) in &map {
+
+    /// The map grows as peers are proven, and changes if they move again.
+    fn merge_map(&self, map: &BTreeMap<Ipv4Addr, Ipv4Addr>, generation: u64, step: &mut Step) {
+        if !matches!(step.next.phase, Phase::Rewrite | Phase::Readdress) || map.is_empty() {
+            return;
+        }
+        let mut merged = step.next.map.clone();
+        for (old, now) in map {
             merged.insert(*old, *now);
         }
         // A node seen back at its old address needs no rule any more.
-        merged.retain(|old, _| !current.values().any(|c| c == old) || map.contains_key(old));
-        if merged != next.map {
-            next.map = merged;
-            next.generation = (rec.generation.max(newest_seen) + 1).max(obs.now_ms);
-            actions.push(Action::Timeline(format!(
-                "rewrite: generation {} for every node: {}",
-                next.generation,
-                fmt_map(&next.map)
-            )));
+        merged.retain(|old, _| !self.current.values().any(|c| c == old) || map.contains_key(old));
+        if merged == step.next.map {
+            return;
+        }
+        let newest_seen = self
+            .obs
+            .agents
+            .values()
+            .map(|a| a.generation)
+            .max()
+            .unwrap_or(0);
+        step.next.map = merged;
+        step.next.generation = (generation.max(newest_seen) + 1).max(self.obs.now_ms);
+        step.actions.push(Action::Timeline(format!(
+            "rewrite: generation {} for every node: {}",
+            step.next.generation,
+            fmt_map(&step.next.map)
+        )));
+    }
+
+    /// Until this manager listens where it is, no peer can prove it nor
+    /// reach it through the rules: quorum needs its dockerd restarted first
+    /// (no lock can be taken without quorum; the node checks the pin itself).
+    fn restart_own_listener(&self, step: &mut Step) {
+        if let (Phase::Rewrite, true, Some(me)) = (
+            step.next.phase,
+            self.obs.listener_missing,
+            my_current(self.obs, self.memory),
+        ) {
+            step.actions.push(Action::Restart {
+                node: self.memory.node_id.clone(),
+                addr: me,
+                stale: vec![format!("nothing listening at {me}:2377")],
+            });
         }
     }
-    // Until this manager listens where it is, no peer can prove it nor reach
-    // it through the rules: quorum needs its dockerd restarted first (no
-    // lock can be taken without quorum; the node checks the pin itself).
-    if let (Phase::Rewrite, true, Some(me)) =
-        (next.phase, obs.listener_missing, my_current(obs, memory))
-    {
-        actions.push(Action::Restart {
-            node: memory.node_id.clone(),
-            addr: me,
-            stale: vec![format!("nothing listening at {me}:2377")],
-        });
-    }
-    if let Health::Healthy { leader, recorded } = &obs.health {
-        if next.phase == Phase::Rewrite {
-            next.phase = Phase::Readdress;
-            next.quorum_ms = Some(obs.now_ms);
-            actions.push(Action::Timeline(format!(
+
+    /// Quorum is back: restarts of nodes whose dockerd holds an old address,
+    /// the next managers to re-address, or clean-up once all is recorded.
+    fn after_quorum(&self, leader: &str, recorded: &BTreeMap<String, Ipv4Addr>, step: &mut Step) {
+        let (obs, memory) = (self.obs, self.memory);
+        if step.next.phase == Phase::Rewrite {
+            step.next.phase = Phase::Readdress;
+            step.next.quorum_ms = Some(obs.now_ms);
+            step.actions.push(Action::Timeline(format!(
                 "quorum: leader {leader} after {:.1}s",
-                (obs.now_ms - next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0
+                (obs.now_ms - step.next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0
             )));
+        }
+        if step.next.phase != Phase::Readdress {
+            return;
         }
         // Raft has every manager's new address; dockerd's gossip and tunnel
         // addresses follow only a restart, so a node that still holds an
         // old one is restarted (one at a time) before the rules go.
         // Judged only on a round where every node up has said what it holds.
-        let stale = with_marked(stale_nodes(obs, &moved(&next, &current), &current), obs);
+        let current = &self.current;
+        let stale = with_marked(stale_nodes(obs, &moved(&step.next, current), current), obs);
         let all_read = current
             .keys()
             .all(|id| *id == memory.node_id || obs.agents.contains_key(id))
             && dockerd_unread(obs).is_empty();
-        if next.phase == Phase::Readdress && recorded_current(recorded) && !stale.is_empty() {
-            coordinator |= restart_some(obs, memory, &current, &stale, &[], &mut actions);
-        } else if next.phase == Phase::Readdress {
-            if recorded_current(recorded) && all_read {
-                next.phase = Phase::CleanUp;
-                next.generation = (next.generation + 1).max(obs.now_ms);
-                next.last_map = std::mem::take(&mut next.map);
-                actions.push(Action::Timeline(format!(
-                    "re-addressed: every manager's recorded address is its new one; clean-up with generation {}",
-                    next.generation
-                )));
-            } else {
-                // A manager demoted for re-addressing is finished first (a
-                // coordinator may have died half-way); then the others, as
-                // many at once as `at_once` allows, the leader last and
-                // alone, so leadership moves once.
-                let mut todo: Vec<(&String, Ipv4Addr, Ipv4Addr)> = obs
-                    .pending
-                    .iter()
-                    .map(|(id, (from, to))| (id, *from, current.get(id).copied().unwrap_or(*to)))
-                    .collect();
-                let mut rest: Vec<(&String, Ipv4Addr, Ipv4Addr)> = memory
-                    .nodes
-                    .iter()
-                    .filter(|(id, n)| n.role == Role::Manager && !obs.pending.contains_key(*id))
-                    .filter_map(|(id, _)| match (recorded.get(id), current.get(id)) {
-                        (Some(r), Some(c)) if r != c => Some((id, *r, *c)),
-                        _ => None,
-                    })
-                    .collect();
-                rest.sort_by_key(|(id, _, _)| (*id == leader, (*id).clone()));
-                todo.extend(rest);
-                let managers = memory
-                    .nodes
-                    .values()
-                    .filter(|n| n.role == Role::Manager)
-                    .count();
-                let mut batch = Vec::new();
-                for (i, t) in todo.iter().enumerate() {
-                    if batch.len() == at_once(managers) || (i > 0 && t.0 == leader) {
-                        break;
-                    }
-                    batch.push(*t);
-                }
-                // Each step is checked from every manager: all must be up
-                // and proven (and re-addressing takes none out while one is
-                // down, so the swarm keeps its quorum).
-                // A manager demoted for re-addressing cannot prove itself
-                // (a worker serves no raft port): its mark says where it is.
-                let all_up = !obs.marks_unknown
-                    && memory
-                        .nodes
-                        .iter()
-                        .filter(|(_, n)| n.role == Role::Manager)
-                        .all(|(id, _)| current.contains_key(id) || obs.pending.contains_key(id));
-                if let (false, Some((first, _, _))) = (all_up, batch.first()) {
-                    if self::coordinator(obs, memory, first) == memory.node_id {
-                        held = Some(not_up(obs, memory, &current));
-                    }
-                }
-                let mut mine = Vec::new();
-                for (id, from, to) in batch.iter().filter(|_| all_up) {
-                    if self::coordinator(obs, memory, id) == memory.node_id {
-                        coordinator = true;
-                        mine.push((*id).clone());
-                        actions.push(Action::Readdress {
-                            node: (*id).clone(),
-                            from: *from,
-                            to: *to,
-                        });
-                    }
-                }
-                restart_workers_alongside(obs, memory, &current, &stale, &mine, &mut actions);
+        if self.recorded_current(recorded) && !stale.is_empty() {
+            step.coordinator |= restart_some(obs, memory, current, &stale, &[], &mut step.actions);
+        } else if self.recorded_current(recorded) && all_read {
+            step.next.phase = Phase::CleanUp;
+            step.next.generation = (step.next.generation + 1).max(obs.now_ms);
+            step.next.last_map = std::mem::take(&mut step.next.map);
+            step.actions.push(Action::Timeline(format!(
+                "re-addressed: every manager's recorded address is its new one; clean-up with generation {}",
+                step.next.generation
+            )));
+        } else {
+            self.readdress_next(leader, recorded, &stale, step);
+        }
+    }
+
+    /// The managers re-addressed next: a manager demoted for re-addressing
+    /// first (a coordinator may have died half-way); then the others, as
+    /// many at once as [`at_once`] allows, the leader last and alone, so
+    /// leadership moves once.
+    fn next_batch(
+        &self,
+        leader: &str,
+        recorded: &BTreeMap<String, Ipv4Addr>,
+    ) -> Vec<(&'a String, Ipv4Addr, Ipv4Addr)> {
+        let (obs, memory, current) = (self.obs, self.memory, &self.current);
+        let mut todo: Vec<(&String, Ipv4Addr, Ipv4Addr)> = obs
+            .pending
+            .iter()
+            .map(|(id, (from, to))| (id, *from, current.get(id).copied().unwrap_or(*to)))
+            .collect();
+        let mut rest: Vec<(&String, Ipv4Addr, Ipv4Addr)> = memory
+            .nodes
+            .iter()
+            .filter(|(id, n)| n.role == Role::Manager && !obs.pending.contains_key(*id))
+            .filter_map(|(id, _)| match (recorded.get(id), current.get(id)) {
+                (Some(r), Some(c)) if r != c => Some((id, *r, *c)),
+                _ => None,
+            })
+            .collect();
+        rest.sort_by_key(|(id, _, _)| (*id == leader, (*id).clone()));
+        todo.extend(rest);
+        let managers = memory
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Manager)
+            .count();
+        let mut batch = Vec::new();
+        for (i, t) in todo.iter().enumerate() {
+            if batch.len() == at_once(managers) || (i > 0 && t.0 == leader) {
+                break;
+            }
+            batch.push(*t);
+        }
+        batch
+    }
+
+    /// Starts re-addressing the next batch if this manager coordinates it
+    /// and every manager is up; else says why it is held.
+    fn readdress_next(
+        &self,
+        leader: &str,
+        recorded: &BTreeMap<String, Ipv4Addr>,
+        stale: &BTreeMap<String, Vec<String>>,
+        step: &mut Step,
+    ) {
+        let (obs, memory, current) = (self.obs, self.memory, &self.current);
+        let batch = self.next_batch(leader, recorded);
+        // Each step is checked from every manager: all must be up and
+        // proven (and re-addressing takes none out while one is down, so
+        // the swarm keeps its quorum). A manager demoted for re-addressing
+        // cannot prove itself (a worker serves no raft port): its mark
+        // says where it is.
+        let all_up = !obs.marks_unknown
+            && memory
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.role == Role::Manager)
+                .all(|(id, _)| current.contains_key(id) || obs.pending.contains_key(id));
+        if let (false, Some((first, _, _))) = (all_up, batch.first()) {
+            if coordinator(obs, memory, first) == memory.node_id {
+                step.held = Some(not_up(obs, memory, current));
             }
         }
+        let mut mine = Vec::new();
+        for (id, from, to) in batch.iter().filter(|_| all_up) {
+            if coordinator(obs, memory, id) == memory.node_id {
+                step.coordinator = true;
+                mine.push((*id).clone());
+                step.actions.push(Action::Readdress {
+                    node: (*id).clone(),
+                    from: *from,
+                    to: *to,
+                });
+            }
+        }
+        restart_workers_alongside(obs, memory, current, stale, &mine, &mut step.actions);
     }
-    // A manager that cannot see its Docker has no say once quorum is back:
-    // the others re-address and clean up.
-    if obs.health == Health::DockerDown && next.phase != Phase::Rewrite {
-        return Plan {
-            actions,
-            next,
-            coordinator,
-            no_address: Vec::new(),
-            late: Vec::new(),
-            stale: BTreeMap::new(),
-            dockerd_unread: BTreeMap::new(),
-            unread: Vec::new(),
-            held,
-        };
+
+    /// Every agent must have its set of the current generation; clean-up
+    /// ends (converged) once none is left with a rule.
+    fn sets_for_agents(&self, agent_port: u16, mut step: Step) -> Plan {
+        let (obs, memory, current) = (self.obs, self.memory, &self.current);
+        // A node back during clean-up (down through the recovery) may hold
+        // its old addresses too: it keeps the last rules until it is
+        // restarted.
+        let stale_late =
+            if step.next.phase == Phase::CleanUp && matches!(obs.health, Health::Healthy { .. }) {
+                with_marked(stale_nodes(obs, &moved(&step.next, current), current), obs)
+            } else {
+                BTreeMap::new()
+            };
+        // Nor does the recovery end while a node's dockerd cannot be read.
+        let unread_dockerd = dockerd_unread(obs);
+        if !stale_late.is_empty() {
+            step.coordinator |=
+                restart_some(obs, memory, current, &stale_late, &[], &mut step.actions);
+        }
+        let told = self.tell_agents(agent_port, &stale_late, &mut step);
+        // A set pushed past our generation (the agent already held ours) is
+        // ours: next round it must not stand as a manager's that knows more.
+        if step.next.phase != Phase::Rewrite {
+            step.next.generation = newest_pushed(&step.actions, step.next.generation);
+        }
+        if step.next.phase == Phase::CleanUp && told.all_clean && unread_dockerd.is_empty() {
+            step.next.phase = Phase::Idle;
+            step.next.last_map.clear();
+            step.next.converged_ms = Some(obs.now_ms);
+            step.actions.push(Action::Timeline(format!(
+                "converged: no rewrite left on any node, {:.1}s after the move was detected{}",
+                (obs.now_ms - step.next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0,
+                not_waited_for(memory, &told.unpinned)
+            )));
+        }
+        Plan {
+            actions: step.actions,
+            next: step.next,
+            coordinator: step.coordinator,
+            no_address: told.no_address,
+            late: told.late,
+            stale: stale_late,
+            dockerd_unread: unread_dockerd,
+            unread: told.unread,
+            held: step.held,
+        }
     }
-    // Every agent must have its set of the current generation.
-    let wanted_map = if next.phase == Phase::CleanUp {
-        BTreeMap::new()
-    } else {
-        next.map.clone()
-    };
-    let mut all_clean = true;
-    let mut no_address = Vec::new();
-    let mut late = Vec::new();
-    let mut unread = Vec::new();
-    let late_map = late_map(&next, &current);
-    // A node back during clean-up (down through the recovery) may hold its
-    // old addresses too: it keeps the last rules until it is restarted.
-    let stale_late = if next.phase == Phase::CleanUp && matches!(obs.health, Health::Healthy { .. })
-    {
-        with_marked(stale_nodes(obs, &moved(&next, &current), &current), obs)
-    } else {
-        BTreeMap::new()
-    };
-    // Nor does the recovery end while a node's dockerd cannot be read.
-    let unread_dockerd = dockerd_unread(obs);
-    if !stale_late.is_empty() {
-        coordinator |= restart_some(obs, memory, &current, &stale_late, &[], &mut actions);
-    }
-    let mut unpinned = Vec::new();
-    for id in memory.nodes.keys() {
-        let own = current.get(id).copied();
-        // During clean-up a node Docker does not see (down through the
-        // recovery, back now) still needs the rules to reach the managers:
-        // clean-up waits until its dockerd has reconnected (and learnt the
-        // managers' new addresses) before taking them away.
-        let is_late = next.phase == Phase::CleanUp
-            && (obs.not_ready.contains(id) || stale_late.contains_key(id));
-        let want = if is_late {
-            rewrites_for(&late_map, own)
+
+    /// A set for every agent that does not hold the one it should.
+    fn tell_agents(
+        &self,
+        agent_port: u16,
+        stale_late: &BTreeMap<String, Vec<String>>,
+        step: &mut Step,
+    ) -> Told {
+        let (obs, memory, current) = (self.obs, self.memory, &self.current);
+        let wanted_map = if step.next.phase == Phase::CleanUp {
+            BTreeMap::new()
         } else {
-            rewrites_for(&wanted_map, own)
+            step.next.map.clone()
         };
-        let seen = obs.agents.get(id);
-        // The managers that confirmed it clean it up; this one would wait
-        // for an answer it cannot check until its recovery ends.
-        if seen.is_none() && obs.unpinned.contains(id) {
-            unpinned.push(id.clone());
-            continue;
-        }
-        // Named once: as late when its agent answers, else as not heard.
-        if is_late && seen.is_some() && !stale_late.contains_key(id) {
-            late.push(id.clone());
-        }
-        // The same set under another manager's generation is just as good.
-        let done = seen.is_some_and(|a| a.rewrites == want);
-        if !(done && want.is_empty()) {
-            all_clean = false;
-        }
-        if done {
-            continue;
-        }
-        // Once quorum is back, an agent holding a newer generation than ours
-        // has heard from a manager that knows more (it cleaned up, or saw a
-        // second move): its set stands. A manager restarted mid-recovery
-        // (the image restarts with its dockerd) used to put old rules back.
-        // Without quorum any proof counts, and the newest set wins anyway.
-        if next.phase != Phase::Rewrite && seen.is_some_and(|a| a.generation > next.generation) {
-            continue;
-        }
-        let Some(addr) = own else {
-            no_address.push(id.clone());
-            continue;
+        let late_map = late_map(&step.next, current);
+        let mut told = Told {
+            all_clean: true,
+            ..Told::default()
         };
-        // Only over what was read, and only if it is still what was read.
-        // Seen in lab runs: a manager that had not proven its peers yet
-        // (once because its own agent had not answered) pushed a set
-        // without their rules, under a newer generation, over the fuller
-        // set on the agents; in one run its full set came 17 s later, no
-        // write committed until +25 s, and the new leader declared every
-        // node down.
-        let Some(seen) = seen else {
-            unread.push(id.clone());
-            continue;
-        };
-        actions.push(Action::SetRewrites {
-            node: id.clone(),
-            endpoint: SocketAddr::from((addr, agent_port)),
-            // An agent takes only a newer generation than it has.
-            generation: next.generation.max(seen.generation + 1),
-            rewrites: want,
-            replaces: seen.generation,
-        });
-    }
-    // A set pushed past our generation (the agent already held ours) is
-    // ours: next round it must not stand as a manager's that knows more.
-    if next.phase != Phase::Rewrite {
-        next.generation = newest_pushed(&actions, next.generation);
-    }
-    if next.phase == Phase::CleanUp && all_clean && unread_dockerd.is_empty() {
-        next.phase = Phase::Idle;
-        next.last_map.clear();
-        next.converged_ms = Some(obs.now_ms);
-        actions.push(Action::Timeline(format!(
-            "converged: no rewrite left on any node, {:.1}s after the move was detected{}",
-            (obs.now_ms - next.started_ms.unwrap_or(obs.now_ms)) as f64 / 1000.0,
-            not_waited_for(memory, &unpinned)
-        )));
-    }
-    Plan {
-        actions,
-        next,
-        coordinator,
-        no_address,
-        late,
-        stale: stale_late,
-        dockerd_unread: unread_dockerd,
-        unread,
-        held,
+        for id in memory.nodes.keys() {
+            let own = current.get(id).copied();
+            // During clean-up a node Docker does not see (down through the
+            // recovery, back now) still needs the rules to reach the
+            // managers: clean-up waits until its dockerd has reconnected
+            // (and learnt the managers' new addresses) before taking them
+            // away.
+            let is_late = step.next.phase == Phase::CleanUp
+                && (obs.not_ready.contains(id) || stale_late.contains_key(id));
+            let want = rewrites_for(if is_late { &late_map } else { &wanted_map }, own);
+            let seen = obs.agents.get(id);
+            // The managers that confirmed it clean it up; this one would
+            // wait for an answer it cannot check until its recovery ends.
+            if seen.is_none() && obs.unpinned.contains(id) {
+                told.unpinned.push(id.clone());
+                continue;
+            }
+            // Named once: as late when its agent answers, else as not heard.
+            if is_late && seen.is_some() && !stale_late.contains_key(id) {
+                told.late.push(id.clone());
+            }
+            // The same set under another manager's generation is just as good.
+            let done = seen.is_some_and(|a| a.rewrites == want);
+            if !(done && want.is_empty()) {
+                told.all_clean = false;
+            }
+            if done {
+                continue;
+            }
+            // Once quorum is back, an agent holding a newer generation than
+            // ours has heard from a manager that knows more (it cleaned up,
+            // or saw a second move): its set stands. Without quorum any
+            // proof counts, and the newest set wins anyway.
+            if step.next.phase != Phase::Rewrite
+                && seen.is_some_and(|a| a.generation > step.next.generation)
+            {
+                continue;
+            }
+            let Some(addr) = own else {
+                told.no_address.push(id.clone());
+                continue;
+            };
+            // Only over what was read, and only if it is still what was
+            // read: a set chosen without seeing the agent's could replace a
+            // fuller one from another manager (docs/recovery.md).
+            let Some(seen) = seen else {
+                told.unread.push(id.clone());
+                continue;
+            };
+            step.actions.push(Action::SetRewrites {
+                node: id.clone(),
+                endpoint: SocketAddr::from((addr, agent_port)),
+                // An agent takes only a newer generation than it has.
+                generation: step.next.generation.max(seen.generation + 1),
+                rewrites: want,
+                replaces: seen.generation,
+            });
+        }
+        told
     }
 }
 
