@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use glue_node_agent::protocol::{CommandBody, SigningKey};
+use glue_node_agent::protocol::{AgentStatus, CommandBody, Rewrite, SigningKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -213,6 +213,96 @@ fn hostname_of(memory: &Memory, node: &str) -> String {
         .nodes
         .get(node)
         .map_or_else(|| node.to_string(), |n| n.hostname.clone())
+}
+
+/// A rewrite set to push to one agent.
+struct Push {
+    node: String,
+    endpoint: SocketAddr,
+    generation: u64,
+    rewrites: Vec<Rewrite>,
+    replaces: u64,
+}
+
+/// Pushes every set at once; the nodes clean-up waits for, and why each.
+async fn push_sets(
+    memory: &Memory,
+    p: &plan::Plan,
+    pushes: &[Push],
+    signing: &SigningKey,
+    seq: &Sequence,
+) -> (BTreeSet<String>, Vec<String>) {
+    let results = join_all(pushes.iter().map(|push| {
+        let body = CommandBody::SetRewrites {
+            generation: push.generation,
+            rewrites: push.rewrites.clone(),
+            replaces: Some(push.replaces),
+        };
+        tell(memory, &push.node, push.endpoint, body, signing, seq)
+    }))
+    .await;
+    let mut held_by: BTreeSet<String> = p
+        .no_address
+        .iter()
+        .chain(&p.late)
+        .chain(p.stale.keys())
+        .chain(p.dockerd_unread.keys())
+        .chain(&p.unread)
+        .cloned()
+        .collect();
+    let mut waiting = waiting_for(memory, p);
+    for (push, r) in pushes.iter().zip(results) {
+        let name = hostname_of(memory, &push.node);
+        match r {
+            Ok(_) => tracing::info!(
+                "recovery: {name} applied generation {} ({} rewrites)",
+                push.generation,
+                push.rewrites.len()
+            ),
+            Err(e) => {
+                tracing::warn!("recovery: {name}: {e}");
+                held_by.insert(push.node.clone());
+                waiting.push(format!(
+                    "{name} (its agent at {} did not take the set)",
+                    push.endpoint
+                ));
+            }
+        }
+    }
+    (held_by, waiting)
+}
+
+/// Who the plan says clean-up waits for, and why, a line each.
+fn waiting_for(memory: &Memory, p: &plan::Plan) -> Vec<String> {
+    let hostname = |node: &str| hostname_of(memory, node);
+    p.no_address
+        .iter()
+        .map(|n| format!("{} (not heard at any address since the move)", hostname(n)))
+        .chain(p.late.iter().map(|n| {
+            format!(
+                "{} (Docker sees it down; it keeps the last rules until it reconnects)",
+                hostname(n)
+            )
+        }))
+        .chain(p.stale.iter().map(|(n, held)| {
+            format!(
+                "{} (its dockerd still holds {}; it keeps the last rules until restarted)",
+                hostname(n),
+                held.join(", ")
+            )
+        }))
+        .chain(
+            p.dockerd_unread.iter().map(|(n, why)| {
+                format!("{} (its agent cannot read its dockerd: {why})", hostname(n))
+            }),
+        )
+        .chain(p.unread.iter().map(|n| {
+            format!(
+                "{} (its agent did not say what it holds; told nothing)",
+                hostname(n)
+            )
+        }))
+        .collect()
 }
 
 impl Recoverer {
@@ -747,15 +837,7 @@ impl Recoverer {
         let local = self.local_addrs();
         let mine_moved =
             plan::remembered_addr(memory, &memory.node_id).is_some_and(|a| !local.contains(&a));
-        for (node, why) in stale_proofs(&self.proven, &self.proof_basis, memory, mine_moved) {
-            if let Some(addr) = self.proven.remove(&node) {
-                self.proof_basis.remove(&node);
-                tracing::info!(
-                    "recovery: the proof of manager {} at {addr} is stale ({why}); to be proven again",
-                    crate::docker::short(&node),
-                );
-            }
-        }
+        self.drop_stale_proofs(memory, mine_moved);
         let healthy = matches!(health, Health::Healthy { .. });
         let peers_moved = self.peers_moved(memory);
         if self.file.recovery.phase != Phase::Idle {
@@ -773,62 +855,10 @@ impl Recoverer {
             avahi.refresh(&self.heard_tx);
         }
         self.resolve_managers(memory).await;
-        // Proving goes through this host's own rewrites, so it waits while
-        // they cannot be read (seen: the agent, busy, not answering within
-        // 2 s; a proof then went through a rule to a manager's *old*
-        // address, and the rewrite that followed cut that manager off).
-        let mut own = None;
-        match self.local_rules(memory, signing, seq).await {
-            Ok(status) => {
-                let rewritten: Vec<Ipv4Addr> = status.rewrites.iter().map(|r| r.from).collect();
-                own = Some(status);
-                if std::mem::take(&mut self.agent_silent) {
-                    tracing::info!("recovery: this host's agent answers again");
-                }
-                self.proven.retain(|_, a| !rewritten.contains(a));
-                let proven = &self.proven;
-                self.proof_basis.retain(|n, _| proven.contains_key(n));
-                self.prove(memory, &rewritten, mine_moved, signing, seq)
-                    .await;
-            }
-            Err(e) => {
-                if !std::mem::replace(&mut self.agent_silent, true) {
-                    tracing::warn!(
-                        "recovery: this host's agent does not answer ({e}); no claim is proven until it does"
-                    );
-                }
-            }
-        }
-        let (pending, restarting) = match (&ctx, &health) {
-            (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await.unzip(),
-            _ => (Some(BTreeMap::new()), Some(BTreeSet::new())),
-        };
-        // Only a recovery restarts nodes; what they run is read for it alone.
-        let running = match (&ctx, &health, self.file.recovery.phase) {
-            (_, _, Phase::Idle) => None,
-            (Some(ctx), Health::Healthy { .. }, _) => running(&ctx.docker).await,
-            _ => None,
-        };
-        let marks_unknown = pending.is_none();
-        let mut obs = Observation {
-            now_ms: self.host.now_ms(),
-            health,
-            local,
-            proven: self.proven.clone(),
-            agents: BTreeMap::new(),
-            not_ready: self.not_ready.clone(),
-            pending: pending.unwrap_or_default(),
-            marks_unknown,
-            listener_missing: false,
-            restarting: restarting.unwrap_or_default(),
-            running,
-            unpinned: memory
-                .nodes
-                .iter()
-                .filter(|(_, n)| n.agent.is_none())
-                .map(|(id, _)| id.clone())
-                .collect(),
-        };
+        let own = self
+            .prove_through_own_rules(memory, mine_moved, signing, seq)
+            .await;
+        let mut obs = self.observe(memory, health, ctx.as_ref(), local).await;
         if mine_moved && !healthy {
             obs.listener_missing = match plan::my_current(&obs, memory) {
                 Some(me) => !listens(me).await,
@@ -840,10 +870,128 @@ impl Recoverer {
         if p.next.started_ms != self.file.recovery.started_ms {
             self.file.clear_timeline();
         }
+        let (pushes, batch) = self.take_actions(memory, &obs, &p, ctx.as_ref(), &mut lines);
+        if let Some(why) = &p.held {
+            self.held(format!("re-addressing waits: {why}"), &mut lines);
+        }
+        if let (false, None, Some(ctx)) = (batch.is_empty(), &self.readdressing, &ctx) {
+            self.start_readdressing(memory, &obs, &p.next, ctx, batch);
+        }
+        let (held_by, waiting) = push_sets(memory, &p, &pushes, signing, seq).await;
+        self.heartbeat_for_the_down(memory, &p, &held_by, healthy, ctx.as_ref(), &mut lines)
+            .await;
+        self.clean_up_waits(p.next.phase, waiting);
+        self.heartbeat_while_readdressing(&obs, p.next.phase, healthy, ctx.as_ref(), &mut lines)
+            .await;
+        if p.next != self.file.recovery {
+            self.file.recovery = p.next;
+            self.save();
+        }
+        lines
+    }
+
+    /// Drops the proofs that no longer stand (see [`stale_proofs`]).
+    fn drop_stale_proofs(&mut self, memory: &Memory, mine_moved: bool) {
+        for (node, why) in stale_proofs(&self.proven, &self.proof_basis, memory, mine_moved) {
+            if let Some(addr) = self.proven.remove(&node) {
+                self.proof_basis.remove(&node);
+                tracing::info!(
+                    "recovery: the proof of manager {} at {addr} is stale ({why}); to be proven again",
+                    crate::docker::short(&node),
+                );
+            }
+        }
+    }
+
+    /// Proves the claimed managers, through this host's own rewrites; what
+    /// this host's agent said. Proving waits while those rules cannot be
+    /// read: a proof through a rule to a manager's *old* address would be
+    /// wrong (docs/recovery.md).
+    async fn prove_through_own_rules(
+        &mut self,
+        memory: &Memory,
+        mine_moved: bool,
+        signing: &SigningKey,
+        seq: &Sequence,
+    ) -> Option<AgentStatus> {
+        match self.local_rules(memory, signing, seq).await {
+            Ok(status) => {
+                let rewritten: Vec<Ipv4Addr> = status.rewrites.iter().map(|r| r.from).collect();
+                if std::mem::take(&mut self.agent_silent) {
+                    tracing::info!("recovery: this host's agent answers again");
+                }
+                self.proven.retain(|_, a| !rewritten.contains(a));
+                let proven = &self.proven;
+                self.proof_basis.retain(|n, _| proven.contains_key(n));
+                self.prove(memory, &rewritten, mine_moved, signing, seq)
+                    .await;
+                Some(status)
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.agent_silent, true) {
+                    tracing::warn!(
+                        "recovery: this host's agent does not answer ({e}); no claim is proven until it does"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// What the planner sees this round, but for the agents' answers and
+    /// the missing listener.
+    async fn observe(
+        &self,
+        memory: &Memory,
+        health: Health,
+        ctx: Option<&Arc<Ctx>>,
+        local: Vec<Ipv4Addr>,
+    ) -> Observation {
+        let (pending, restarting) = match (ctx, &health) {
+            (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await.unzip(),
+            _ => (Some(BTreeMap::new()), Some(BTreeSet::new())),
+        };
+        // Only a recovery restarts nodes; what they run is read for it alone.
+        let running = match (ctx, &health, self.file.recovery.phase) {
+            (_, _, Phase::Idle) => None,
+            (Some(ctx), Health::Healthy { .. }, _) => running(&ctx.docker).await,
+            _ => None,
+        };
+        Observation {
+            now_ms: self.host.now_ms(),
+            health,
+            local,
+            proven: self.proven.clone(),
+            agents: BTreeMap::new(),
+            not_ready: self.not_ready.clone(),
+            marks_unknown: pending.is_none(),
+            pending: pending.unwrap_or_default(),
+            listener_missing: false,
+            restarting: restarting.unwrap_or_default(),
+            running,
+            unpinned: memory
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.agent.is_none())
+                .map(|(id, _)| id.clone())
+                .collect(),
+        }
+    }
+
+    /// Carries out the plan's timeline lines and this host's own restart;
+    /// the sets to push and the re-addressing batch, for the caller.
+    fn take_actions(
+        &mut self,
+        memory: &Memory,
+        obs: &Observation,
+        p: &plan::Plan,
+        ctx: Option<&Arc<Ctx>>,
+        lines: &mut Vec<String>,
+    ) -> (Vec<Push>, Vec<readdress::Target>) {
         let mut pushes = Vec::new();
         let mut batch = Vec::new();
-        for a in p.actions {
-            match a {
+        for a in &p.actions {
+            match a.clone() {
                 Action::Timeline(line) => {
                     tracing::info!("recovery: {line}");
                     self.file.record(obs.now_ms, line.clone());
@@ -855,176 +1003,135 @@ impl Recoverer {
                     generation,
                     rewrites,
                     replaces,
-                } => {
-                    pushes.push((node, endpoint, generation, rewrites, replaces));
-                }
-                Action::Readdress { node, from, to } => {
-                    batch.push(readdress::Target {
-                        hostname: hostname_of(memory, &node),
-                        node,
-                        from,
-                        to,
-                        how: readdress::How::Manager,
-                    });
-                }
+                } => pushes.push(Push {
+                    node,
+                    endpoint,
+                    generation,
+                    rewrites,
+                    replaces,
+                }),
+                Action::Readdress { node, from, to } => batch.push(readdress::Target {
+                    hostname: hostname_of(memory, &node),
+                    node,
+                    from,
+                    to,
+                    how: readdress::How::Manager,
+                }),
                 Action::Restart { node, addr, stale } if node == memory.node_id => {
-                    self.restart_self(memory, addr, stale, ctx.as_ref());
+                    self.restart_self(memory, addr, stale, ctx);
                 }
-                Action::Restart { node, addr, stale } => {
-                    batch.push(readdress::Target {
-                        hostname: hostname_of(memory, &node),
-                        node,
-                        from: addr,
-                        to: addr,
-                        how: readdress::How::Restart { stale },
-                    });
-                }
+                Action::Restart { node, addr, stale } => batch.push(readdress::Target {
+                    hostname: hostname_of(memory, &node),
+                    node,
+                    from: addr,
+                    to: addr,
+                    how: readdress::How::Restart { stale },
+                }),
             }
         }
-        if let Some(why) = p.held {
-            self.held(format!("re-addressing waits: {why}"), &mut lines);
+        (pushes, batch)
+    }
+
+    /// Starts the re-addressing `batch` as a task that takes the slot.
+    fn start_readdressing(
+        &mut self,
+        memory: &Memory,
+        obs: &Observation,
+        next: &Recovery,
+        ctx: &Arc<Ctx>,
+        batch: Vec<readdress::Target>,
+    ) {
+        let mut managers: BTreeMap<String, Ipv4Addr> = plan::current_addrs(obs, memory)
+            .into_iter()
+            .filter(|(id, _)| {
+                memory
+                    .nodes
+                    .get(id)
+                    .is_some_and(|n| n.role == Role::Manager)
+            })
+            .collect();
+        // A demoted manager is where its mark says.
+        for (id, (_, to)) in &obs.pending {
+            managers.entry(id.clone()).or_insert(*to);
         }
-        if let (false, None, Some(ctx)) = (batch.is_empty(), &self.readdressing, &ctx) {
-            let mut managers: BTreeMap<String, Ipv4Addr> = plan::current_addrs(&obs, memory)
-                .into_iter()
-                .filter(|(id, _)| {
-                    memory
-                        .nodes
-                        .get(id)
-                        .is_some_and(|n| n.role == Role::Manager)
-                })
-                .collect();
-            // A demoted manager is where its mark says.
-            for (id, (_, to)) in &obs.pending {
-                managers.entry(id.clone()).or_insert(*to);
-            }
-            let map = plan::moved(&p.next, &plan::current_addrs(&obs, memory));
-            let env = readdress::Env {
-                ctx: ctx.clone(),
-                managers,
-                map,
-                say: self.say_tx.clone(),
-            };
-            let name = batch
-                .iter()
-                .map(|t| t.hostname.as_str())
-                .collect::<Vec<_>>()
-                .join(" and ");
-            let done = self.readdress_done.clone();
-            let task = tokio::spawn(async move {
-                let r = readdress::run(&env, &batch).await;
-                // A step that ended (or failed) calls for a round at once; a
-                // "not now" waits for the next tick. Seen: a leader waiting
-                // 16 s for a manager to be reachable ran about five rounds a
-                // second, each asking its own agent twice; that agent, the
-                // only one that had not answered a push in time, got no
-                // rules until clean-up.
-                if !matches!(r, Ok(Outcome::NotNow(_))) {
-                    done.notify_one();
-                }
-                r
-            });
-            self.readdressing = Some((name, task));
-        }
-        let results = join_all(pushes.iter().map(
-            |(node, endpoint, generation, rewrites, replaces)| {
-                let body = CommandBody::SetRewrites {
-                    generation: *generation,
-                    rewrites: rewrites.clone(),
-                    replaces: Some(*replaces),
-                };
-                tell(memory, node, *endpoint, body, signing, seq)
-            },
-        ))
-        .await;
-        let hostname = |node: &str| {
-            memory
-                .nodes
-                .get(node)
-                .map_or(node.to_string(), |n| n.hostname.clone())
+        let map = plan::moved(next, &plan::current_addrs(obs, memory));
+        let env = readdress::Env {
+            ctx: ctx.clone(),
+            managers,
+            map,
+            say: self.say_tx.clone(),
         };
-        let mut held_by: BTreeSet<&String> = p
-            .no_address
+        let name = batch
             .iter()
-            .chain(&p.late)
-            .chain(p.stale.keys())
-            .chain(p.dockerd_unread.keys())
-            .chain(&p.unread)
-            .collect();
-        let mut waiting: Vec<String> = p
-            .no_address
-            .iter()
-            .map(|n| format!("{} (not heard at any address since the move)", hostname(n)))
-            .chain(p.late.iter().map(|n| {
-                format!(
-                    "{} (Docker sees it down; it keeps the last rules until it reconnects)",
-                    hostname(n)
-                )
-            }))
-            .chain(p.stale.iter().map(|(n, held)| {
-                format!(
-                    "{} (its dockerd still holds {}; it keeps the last rules until restarted)",
-                    hostname(n),
-                    held.join(", ")
-                )
-            }))
-            .chain(p.dockerd_unread.iter().map(|(n, why)| {
-                format!("{} (its agent cannot read its dockerd: {why})", hostname(n))
-            }))
-            .chain(p.unread.iter().map(|n| {
-                format!(
-                    "{} (its agent did not say what it holds; told nothing)",
-                    hostname(n)
-                )
-            }))
-            .collect();
-        for ((node, endpoint, generation, rewrites, _), r) in pushes.iter().zip(results) {
-            let name = hostname(node);
-            match r {
-                Ok(_) => tracing::info!(
-                    "recovery: {name} applied generation {generation} ({} rewrites)",
-                    rewrites.len()
-                ),
-                Err(e) => {
-                    tracing::warn!("recovery: {name}: {e}");
-                    held_by.insert(node);
-                    waiting.push(format!(
-                        "{name} (its agent at {endpoint} did not take the set)"
-                    ));
-                }
+            .map(|t| t.hostname.as_str())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let done = self.readdress_done.clone();
+        let task = tokio::spawn(async move {
+            let r = readdress::run(&env, &batch).await;
+            // A step that ended (or failed) calls for a round at once; a
+            // "not now" waits for the next tick (a round a tick, not five a
+            // second while a step waits; docs/recovery.md).
+            if !matches!(r, Ok(Outcome::NotNow(_))) {
+                done.notify_one();
             }
-        }
-        // Only nodes Docker declared down hold the clean-up back: every
-        // other node is clean, and a down node is past any grace. A node
-        // that stays down (or is gone for good) must not keep the swarm at
-        // the raised period, where a failure is noticed after 60 s, not 15 s.
-        let only_down = !held_by.is_empty() && held_by.iter().all(|n| self.down.contains(*n));
+            r
+        });
+        self.readdressing = Some((name, task));
+    }
+
+    /// Only nodes Docker declared down hold the clean-up back: every other
+    /// node is clean, and a down node is past any grace. A node that stays
+    /// down (or is gone for good) must not keep the swarm at the raised
+    /// period, where a failure is noticed after 60 s, not 15 s.
+    async fn heartbeat_for_the_down(
+        &mut self,
+        memory: &Memory,
+        p: &plan::Plan,
+        held_by: &BTreeSet<String>,
+        healthy: bool,
+        ctx: Option<&Arc<Ctx>>,
+        lines: &mut Vec<String>,
+    ) {
+        let only_down = !held_by.is_empty() && held_by.iter().all(|n| self.down.contains(n));
         if let (Phase::CleanUp, true, false, true, Some(ctx)) = (
             p.next.phase,
             only_down,
             self.put_back_for_down,
             healthy,
-            &ctx,
+            ctx,
         ) {
-            let names: Vec<String> = held_by.iter().map(|n| hostname(n)).collect();
+            let names: Vec<String> = held_by.iter().map(|n| hostname_of(memory, n)).collect();
             let why = format!(" (clean-up waits only for {}, down)", names.join(", "));
-            self.heartbeat_back(&ctx.docker, &why, &mut lines).await;
+            self.heartbeat_back(&ctx.docker, &why, lines).await;
             self.put_back_for_down = !self.heartbeat_raised;
         }
-        self.clean_up_waits(p.next.phase, waiting);
-        // Raised as soon as quorum is back: a node that cannot reach a
-        // manager keeps the grace it had at its last heartbeat, so the
-        // longer one must be known to every node before re-addressing
-        // silences any of them. Any manager may; the first one does it.
+    }
+
+    /// Raised as soon as quorum is back: a node that cannot reach a manager
+    /// keeps the grace it had at its last heartbeat, so the longer one must
+    /// be known to every node before re-addressing silences any of them.
+    /// Any manager may; the first one does it. Put back before the recovery
+    /// is said to be over.
+    async fn heartbeat_while_readdressing(
+        &mut self,
+        obs: &Observation,
+        phase: Phase,
+        healthy: bool,
+        ctx: Option<&Arc<Ctx>>,
+        lines: &mut Vec<String>,
+    ) {
+        let Some(ctx) = ctx else {
+            return;
+        };
         let leader = match &obs.health {
             Health::Healthy { leader, .. } => leader.clone(),
             _ => String::new(),
         };
-        if let (Phase::Readdress | Phase::CleanUp, true, false, Some(ctx)) = (
-            p.next.phase,
+        if let (Phase::Readdress | Phase::CleanUp, true, false) = (
+            phase,
             self.heartbeat_held,
             leader.is_empty() || leader == self.heartbeat_leader,
-            &ctx,
         ) {
             // A new leader's dispatcher runs at Docker's default until the
             // period changes (read in swarmkit's `Dispatcher.Run`).
@@ -1039,9 +1146,7 @@ impl Recoverer {
                 self.heartbeat_leader = leader.clone();
             }
         }
-        if let (Phase::Readdress, false, true, Some(ctx)) =
-            (p.next.phase, self.heartbeat_held, healthy, &ctx)
-        {
+        if let (Phase::Readdress, false, true) = (phase, self.heartbeat_held, healthy) {
             let what = "raising the dispatcher heartbeat";
             let hold = ctx
                 .docker
@@ -1050,21 +1155,13 @@ impl Recoverer {
                 self.heartbeat_held = true;
                 self.heartbeat_leader = leader.clone();
                 if let Some(was) = held.raised_from {
-                    self.timeline(readdress::raised_line(was), &mut lines);
+                    self.timeline(readdress::raised_line(was), lines);
                 }
             }
         }
-        // The heartbeat goes back before the recovery is said to be over.
-        if let (Phase::Idle, true, true, Some(ctx)) =
-            (p.next.phase, self.heartbeat_raised, healthy, &ctx)
-        {
-            self.heartbeat_back(&ctx.docker, "", &mut lines).await;
+        if let (Phase::Idle, true, true) = (phase, self.heartbeat_raised, healthy) {
+            self.heartbeat_back(&ctx.docker, "", lines).await;
         }
-        if p.next != self.file.recovery {
-            self.file.recovery = p.next;
-            self.save();
-        }
-        lines
     }
 
     /// The addresses this host's own agent rewrites now; an error (naming
@@ -1075,7 +1172,7 @@ impl Recoverer {
         memory: &Memory,
         signing: &SigningKey,
         seq: &Sequence,
-    ) -> Result<glue_node_agent::protocol::AgentStatus, TellError> {
+    ) -> Result<AgentStatus, TellError> {
         let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, self.agent_port));
         tell(
             memory,
@@ -1096,7 +1193,7 @@ impl Recoverer {
         &self,
         memory: &Memory,
         obs: &Observation,
-        own: Option<glue_node_agent::protocol::AgentStatus>,
+        own: Option<AgentStatus>,
         signing: &SigningKey,
         seq: &Sequence,
     ) -> BTreeMap<String, AgentSeen> {
@@ -1240,7 +1337,7 @@ async fn tell(
     body: CommandBody,
     signing: &SigningKey,
     seq: &Sequence,
-) -> Result<glue_node_agent::protocol::AgentStatus, TellError> {
+) -> Result<AgentStatus, TellError> {
     let key = memory
         .nodes
         .get(node)
