@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
-use crate::docker::{short, DockerError};
+use crate::docker::{short, DockerError, NodeView};
 use crate::enrol::Ctx;
 use crate::host::unix_ms;
 use crate::memory::Role;
@@ -228,30 +228,60 @@ async fn steps(
     others: &[&str],
     settled: Instant,
 ) -> Result<Outcome, ReaddressError> {
-    let docker = &env.ctx.docker;
     let started = Instant::now();
-    let name = &t.hostname;
-    let snap = docker.snapshot().await?;
+    let (node, nodes) = match node_to_step(env, t).await? {
+        Ok(found) => found,
+        Err(not_now) => return Ok(not_now),
+    };
+    let recorded_new = node.manager_addr.as_deref() == Some(raft_addr(t).as_str());
+    if node.role == Role::Manager && !recorded_new {
+        if let Some(not_now) = demote(env, t, &node, &nodes, others).await? {
+            return Ok(not_now);
+        }
+    }
+    let mut turn = None;
+    if node.role == Role::Worker || !recorded_new {
+        restart_as_worker(env, t, settled).await?;
+        turn = Some(promote.lock().await);
+        env.ctx.docker.set_role(&t.node, Role::Manager).await?;
+    }
+    let _turn = match turn {
+        Some(t) => t,
+        None => promote.lock().await,
+    };
+    seen_by_every_manager(env, t, others, started).await
+}
+
+fn raft_addr(t: &Target) -> String {
+    format!("{}:2377", t.to)
+}
+
+/// The swarm's view of node `t` and of every node, if a step may start
+/// now: the swarm answers here and every other manager is reachable
+/// (quorum is never put at risk); else why not now.
+async fn node_to_step(
+    env: &Env,
+    t: &Target,
+) -> Result<Result<(NodeView, Vec<NodeView>), Outcome>, ReaddressError> {
+    let snap = env.ctx.docker.snapshot().await?;
     if !snap.control_available {
-        return Ok(Outcome::NotNow(format!(
+        return Ok(Err(Outcome::NotNow(format!(
             "the swarm does not answer here: {}",
             snap.error
-        )));
+        ))));
     }
     let Some(node) = snap.nodes.iter().find(|n| n.id == t.node) else {
         return Err(ReaddressError::NotInSwarm {
             node: t.node.clone(),
-            hostname: name.clone(),
+            hostname: t.hostname.clone(),
         });
     };
-    // Quorum is never put at risk: every other manager must be reachable
-    // before one is taken out of raft.
     if let Some(down) = snap
         .nodes
         .iter()
         .find(|n| n.role == Role::Manager && n.id != t.node && n.reachability != "reachable")
     {
-        return Ok(Outcome::NotNow(format!(
+        return Ok(Err(Outcome::NotNow(format!(
             "manager {} is {}; re-addressing waits so the swarm keeps its quorum",
             down.hostname,
             if down.reachability.is_empty() {
@@ -259,17 +289,28 @@ async fn steps(
             } else {
                 &down.reachability
             }
-        )));
+        ))));
     }
-    let to_raft = format!("{}:2377", t.to);
-    let recorded_new = node.manager_addr.as_deref() == Some(to_raft.as_str());
-    if node.role == Role::Manager && !recorded_new && node.reachability != "reachable" {
+    Ok(Ok((node.clone(), snap.nodes)))
+}
+
+/// Demotes manager `t` (marked first, so whoever coordinates next finishes
+/// the job); why not now, if not.
+async fn demote(
+    env: &Env,
+    t: &Target,
+    node: &NodeView,
+    nodes: &[NodeView],
+    others: &[&str],
+) -> Result<Option<Outcome>, ReaddressError> {
+    let name = &t.hostname;
+    if node.reachability != "reachable" {
         let waited = Instant::now();
         if became_reachable(env, t).await {
-            return Ok(Outcome::NotNow(format!(
+            return Ok(Some(Outcome::NotNow(format!(
                 "{name} was unreachable for {:.0}s (e.g. restarting its own dockerd); re-addressing it starts again now that the swarm reaches it",
                 waited.elapsed().as_secs_f64()
-            )));
+            ))));
         }
         say(
             env,
@@ -279,123 +320,139 @@ async fn steps(
             ),
         );
     }
-    if node.role == Role::Manager && !recorded_new {
-        // The leader removes a demoted member from raft only while the
-        // members left are a quorum of *active* ones, retrying quietly;
-        // `Reachability` above may still say reachable for a manager whose
-        // raft link is down. (A lead, not shown: in a failed lab run a
-        // manager's own Docker saw no leader until 44 s after the move, and
-        // a demotion begun at +5 s never ended.) So every other manager's
-        // own Docker must answer through the leader first.
-        let asked: Vec<(&String, &Ipv4Addr)> = env
-            .managers
-            .iter()
-            .filter(|(m, _)| **m != t.node && !others.contains(&m.as_str()))
-            .collect();
-        let seen = join_all(asked.iter().map(|(m, addr)| async move {
+    if let Some(blind) = managers_blind_to_the_leader(env, t, nodes, others).await {
+        return Ok(Some(Outcome::NotNow(format!(
+            "not every manager's Docker sees the leader yet: {blind}"
+        ))));
+    }
+    let docker = &env.ctx.docker;
+    docker.mark_readdress(&t.node, t.from, t.to).await?;
+    docker.set_role(&t.node, Role::Worker).await?;
+    touch(env, t).await;
+    say(
+        env,
+        format!("re-address {name}: demoted, to rejoin raft at {}", t.to),
+    );
+    Ok(None)
+}
+
+/// The managers (but `t` and `others`) whose own Docker does not answer
+/// through the leader, each with what it said; none if all do.
+///
+/// The leader removes a demoted member from raft only while the members
+/// left are a quorum of *active* ones, retrying quietly; `Reachability`
+/// may still say reachable for a manager whose raft link is down (a
+/// demotion begun then never ended in one lab run).
+async fn managers_blind_to_the_leader(
+    env: &Env,
+    t: &Target,
+    nodes: &[NodeView],
+    others: &[&str],
+) -> Option<String> {
+    let asked: Vec<(&String, &Ipv4Addr)> = env
+        .managers
+        .iter()
+        .filter(|(m, _)| **m != t.node && !others.contains(&m.as_str()))
+        .collect();
+    let seen =
+        join_all(asked.iter().map(|(m, addr)| async move {
             ssh(env, m, **addr, "docker node ls", LEADER_SEEN).await
         }))
         .await;
-        let blind: Vec<String> = asked
+    let host = |m: &String| {
+        nodes
             .iter()
-            .zip(seen)
-            .filter(|(_, r)| r.as_ref().map_or(true, |out| out.trim() != "leader"))
-            .map(|((m, _), r)| {
-                let host = snap
-                    .nodes
-                    .iter()
-                    .find(|n| n.id == **m)
-                    .map_or(short(m).to_string(), |n| n.hostname.clone());
-                match r {
-                    Ok(out) => format!("{host} ({})", out.trim()),
-                    Err(e) => format!("{host} ({e})"),
-                }
-            })
-            .collect();
-        if !blind.is_empty() {
-            return Ok(Outcome::NotNow(format!(
-                "not every manager's Docker sees the leader yet: {}",
-                blind.join(", ")
-            )));
-        }
-        docker.mark_readdress(&t.node, t.from, t.to).await?;
-        docker.set_role(&t.node, Role::Worker).await?;
-        touch(env, t).await;
-        say(
-            env,
-            format!("re-address {name}: demoted, to rejoin raft at {}", t.to),
-        );
-    }
-    let mut turn = None;
-    if node.role == Role::Worker || !recorded_new {
-        // The node must have left raft and hold a worker's certificate before
-        // its dockerd restarts: restarted earlier, it starts a manager again
-        // and joins raft as a new member while being demoted (measured: the
-        // new member's dockerd then panics in raft).
-        let gave_up = Instant::now();
-        // When the swarm was first seen to have taken it out of raft while
-        // it still held a manager's certificate.
-        let out_of_raft = std::sync::OnceLock::new();
-        let out_of_raft_at = &out_of_raft;
-        wait(
-            &format!("{name} to give up its manager role"),
-            || async move {
-                match gave_up_role(env, t).await? {
-                    Demotion::Done => Ok(true),
-                    Demotion::OutOfRaft(why) => {
-                        if out_of_raft_at.set(gave_up.elapsed()).is_ok() {
-                            touch(env, t).await;
-                        }
-                        Err(NotYet(why))
+            .find(|n| n.id == *m)
+            .map_or(short(m).to_string(), |n| n.hostname.clone())
+    };
+    let blind: Vec<String> = asked
+        .iter()
+        .zip(seen)
+        .filter(|(_, r)| r.as_ref().map_or(true, |out| out.trim() != "leader"))
+        .map(|((m, _), r)| match r {
+            Ok(out) => format!("{} ({})", host(m), out.trim()),
+            Err(e) => format!("{} ({e})", host(m)),
+        })
+        .collect();
+    (!blind.is_empty()).then(|| blind.join(", "))
+}
+
+/// Waits until `t` has left raft and holds a worker's certificate, then
+/// restarts its dockerd with the new addresses (unless it advertises the
+/// new one already) and waits until it is ready. Restarted earlier, it
+/// starts a manager again and joins raft as a new member while being
+/// demoted (measured: the new member's dockerd then panics in raft).
+async fn restart_as_worker(env: &Env, t: &Target, settled: Instant) -> Result<(), ReaddressError> {
+    let name = &t.hostname;
+    let gave_up = Instant::now();
+    // When the swarm was first seen to have taken it out of raft while it
+    // still held a manager's certificate.
+    let out_of_raft = std::sync::OnceLock::new();
+    let out_of_raft_at = &out_of_raft;
+    wait(
+        &format!("{name} to give up its manager role"),
+        || async move {
+            match gave_up_role(env, t).await? {
+                Demotion::Done => Ok(true),
+                Demotion::OutOfRaft(why) => {
+                    if out_of_raft_at.set(gave_up.elapsed()).is_ok() {
+                        touch(env, t).await;
                     }
-                    Demotion::Pending(why) => Err(NotYet(why)),
+                    Err(NotYet(why))
                 }
-            },
+                Demotion::Pending(why) => Err(NotYet(why)),
+            }
+        },
+    )
+    .await?;
+    let node_addr = ssh(env, &t.node, t.to, "docker info", INFO).await?;
+    if node_addr.split_whitespace().nth(1) != Some(t.to.to_string().as_str()) {
+        let given_up = gave_up.elapsed();
+        tokio::time::sleep_until(settled.into()).await;
+        let restart = Instant::now();
+        let script = restart_script(&env.map, &remotes(env, &t.node));
+        run_restart(
+            env,
+            t,
+            "patching docker-state.json and restarting dockerd",
+            &script,
         )
         .await?;
-        let node_addr = ssh(env, &t.node, t.to, "docker info", INFO).await?;
-        if node_addr.split_whitespace().nth(1) != Some(t.to.to_string().as_str()) {
-            let given_up = gave_up.elapsed();
-            tokio::time::sleep_until(settled.into()).await;
-            let restart = Instant::now();
-            let script = restart_script(&env.map, &remotes(env, &t.node));
-            run_restart(
-                env,
-                t,
-                "patching docker-state.json and restarting dockerd",
-                &script,
-            )
-            .await?;
-            say(
-                env,
-                format!(
-                    "re-address {name}: manager role given up after {:.1}s{}; dockerd restarted with advertise address {} in {:.1}s",
-                    given_up.as_secs_f64(),
-                    out_of_raft.get().map_or(String::new(), |d| format!(
-                        " (out of raft after {:.1}s, its certificate still a manager's)",
-                        d.as_secs_f64()
-                    )),
-                    t.to,
-                    restart.elapsed().as_secs_f64()
-                ),
-            );
-        }
-        wait(&format!("{name} to be ready"), || async move {
-            let snap = docker.snapshot().await?;
-            Ok(snap
-                .nodes
-                .iter()
-                .any(|n| n.id == t.node && n.state == "ready"))
-        })
-        .await?;
-        turn = Some(promote.lock().await);
-        docker.set_role(&t.node, Role::Manager).await?;
+        say(
+            env,
+            format!(
+                "re-address {name}: manager role given up after {:.1}s{}; dockerd restarted with advertise address {} in {:.1}s",
+                given_up.as_secs_f64(),
+                out_of_raft.get().map_or(String::new(), |d| format!(
+                    " (out of raft after {:.1}s, its certificate still a manager's)",
+                    d.as_secs_f64()
+                )),
+                t.to,
+                restart.elapsed().as_secs_f64()
+            ),
+        );
     }
-    let _turn = match turn {
-        Some(t) => t,
-        None => promote.lock().await,
-    };
-    // Seen at the new address, reachable, by every manager.
+    let docker = &env.ctx.docker;
+    wait(&format!("{name} to be ready"), || async move {
+        let snap = docker.snapshot().await?;
+        Ok(snap
+            .nodes
+            .iter()
+            .any(|n| n.id == t.node && n.state == "ready"))
+    })
+    .await
+}
+
+/// Waits until every manager (but `others`) sees `t` at its new raft
+/// address, reachable; then the step is done and its mark goes.
+async fn seen_by_every_manager(
+    env: &Env,
+    t: &Target,
+    others: &[&str],
+    started: Instant,
+) -> Result<Outcome, ReaddressError> {
+    let name = &t.hostname;
+    let to_raft = raft_addr(t);
     let check = format!(
         "docker node inspect --format '{{{{if .ManagerStatus}}}}{{{{.ManagerStatus.Addr}}}} {{{{.ManagerStatus.Reachability}}}}{{{{end}}}}' {}",
         t.node
@@ -422,7 +479,7 @@ async fn steps(
         },
     )
     .await?;
-    docker.unmark_readdress(&t.node).await?;
+    env.ctx.docker.unmark_readdress(&t.node).await?;
     say(
         env,
         format!(
