@@ -174,20 +174,7 @@ impl Daemon {
 
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // The watchdog is fed while the loop comes round; a round is bounded
-        // by two LOOK_TIMEOUTs, so a loop silent for longer is stuck.
-        let alive = Arc::new(std::sync::atomic::AtomicU64::new(unix_now()));
-        let seen = alive.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                every.tick().await;
-                let last = seen.load(std::sync::atomic::Ordering::Relaxed);
-                if unix_now().saturating_sub(last) <= 3 * LOOK_TIMEOUT.as_secs() {
-                    notify(&[sd_notify::NotifyState::Watchdog]);
-                }
-            }
-        });
+        let alive = spawn_watchdog();
         let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.tick_interval_s));
         let mut recover_tick = tokio::time::interval(RECOVERY_ROUND);
         recover_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -231,20 +218,8 @@ impl Daemon {
                 self.recover_bounded().await;
                 recover = false;
             }
-            // Every call is bounded: a swarm without quorum can leave writes
-            // hanging; that says the swarm is stuck, not that Docker is gone.
-            if look
-                && tokio::time::timeout(LOOK_TIMEOUT, self.look())
-                    .await
-                    .is_err()
-            {
-                self.health = Health::NoLeader;
-                self.set_state(format!(
-                    "the swarm did not answer within {}s",
-                    LOOK_TIMEOUT.as_secs()
-                ));
-            }
             if look {
+                self.look_bounded().await;
                 look_at = tokio::time::Instant::now() + self.next_due();
             }
             alive.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
@@ -257,6 +232,21 @@ impl Daemon {
         notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!("stopping; agents keep what they have in force");
         Ok(())
+    }
+
+    /// A look at Docker, bounded: a swarm without quorum can leave writes
+    /// hanging; that says the swarm is stuck, not that Docker is gone.
+    async fn look_bounded(&mut self) {
+        if tokio::time::timeout(LOOK_TIMEOUT, self.look())
+            .await
+            .is_err()
+        {
+            self.health = Health::NoLeader;
+            self.set_state(format!(
+                "the swarm did not answer within {}s",
+                LOOK_TIMEOUT.as_secs()
+            ));
+        }
     }
 
     /// How long until something is due: Docker to retry, a node to enrol.
@@ -753,4 +743,23 @@ fn health_of(snap: &Snapshot) -> Health {
         })
         .collect();
     Health::Healthy { leader, recorded }
+}
+
+/// Feeds systemd's watchdog while the main loop comes round (it stores the
+/// time of each round in what this returns); a round is bounded by two
+/// LOOK_TIMEOUTs, so a loop silent for longer is stuck.
+fn spawn_watchdog() -> Arc<std::sync::atomic::AtomicU64> {
+    let alive = Arc::new(std::sync::atomic::AtomicU64::new(unix_now()));
+    let seen = alive.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            let last = seen.load(std::sync::atomic::Ordering::Relaxed);
+            if unix_now().saturating_sub(last) <= 3 * LOOK_TIMEOUT.as_secs() {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    });
+    alive
 }

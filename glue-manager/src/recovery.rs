@@ -534,33 +534,10 @@ impl Recoverer {
                 return false;
             }
         };
+        if !self.worth_proving(memory, &h) {
+            return false;
+        }
         let a = &h.announcement;
-        if a.node == memory.node_id || ignored_interface(&h.interface) {
-            return false;
-        }
-        if a.cluster != memory.cluster_id {
-            tracing::debug!(
-                "announcement of another swarm ({}) from {}",
-                a.cluster,
-                h.sender
-            );
-            return false;
-        }
-        let known_manager = memory
-            .nodes
-            .get(&a.node)
-            .is_some_and(|n| n.role == Role::Manager);
-        if !known_manager {
-            if !self.warned.insert((h.sender, a.node.clone())) {
-                return false;
-            }
-            tracing::warn!(
-                "ignored an announcement from {} claiming to be manager {}: no such manager is remembered",
-                h.sender,
-                a.node
-            );
-            return false;
-        }
         let proven = self.proven.get(&a.node).copied();
         let claims = self.candidates.entry(a.node.clone()).or_default();
         let mut new = Vec::new();
@@ -588,6 +565,35 @@ impl Recoverer {
         }
         self.heard.insert(a.node.clone(), h);
         !new.is_empty()
+    }
+
+    /// Whether an announcement claims a remembered manager of this swarm
+    /// other than this one, on an interface a swarm may use.
+    fn worth_proving(&mut self, memory: &Memory, h: &Heard) -> bool {
+        let a = &h.announcement;
+        if a.node == memory.node_id || ignored_interface(&h.interface) {
+            return false;
+        }
+        if a.cluster != memory.cluster_id {
+            tracing::debug!(
+                "announcement of another swarm ({}) from {}",
+                a.cluster,
+                h.sender
+            );
+            return false;
+        }
+        let known_manager = memory
+            .nodes
+            .get(&a.node)
+            .is_some_and(|n| n.role == Role::Manager);
+        if !known_manager && self.warned.insert((h.sender, a.node.clone())) {
+            tracing::warn!(
+                "ignored an announcement from {} claiming to be manager {}: no such manager is remembered",
+                h.sender,
+                a.node
+            );
+        }
+        known_manager
     }
 
     /// Proves every heard but unproven claim: TLS on ADDR:2377 with a

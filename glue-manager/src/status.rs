@@ -88,6 +88,36 @@ pub fn render(
     now: u64,
 ) -> String {
     let mut s = String::new();
+    render_header(&mut s, memory, report, running, now);
+    let Some(r) = report else { return s };
+    let _ = writeln!(s, "managers trusted by every agent: {}", r.managers.len());
+    let pending = render_nodes(&mut s, r, now);
+    if pending.is_empty() {
+        let _ = writeln!(s, "\npending: nothing");
+    } else {
+        let _ = writeln!(s, "\npending:");
+        for p in pending {
+            let _ = writeln!(s, "  {p}");
+        }
+    }
+    render_recovery(&mut s, &r.recovery);
+    if !r.errors.is_empty() {
+        let _ = writeln!(s, "\nlast errors:");
+        for (t, e) in r.errors.iter().rev().take(5) {
+            let _ = writeln!(s, "  {}: {e}", ago(now, *t));
+        }
+    }
+    s
+}
+
+/// Who reports, and the swarm as remembered.
+fn render_header(
+    s: &mut String,
+    memory: Option<&Memory>,
+    report: Option<&StatusReport>,
+    running: bool,
+    now: u64,
+) {
     match report {
         Some(r) => {
             let _ = writeln!(
@@ -120,8 +150,10 @@ pub fn render(
             let _ = writeln!(s, "swarm: nothing remembered yet");
         }
     }
-    let Some(r) = report else { return s };
-    let _ = writeln!(s, "managers trusted by every agent: {}", r.managers.len());
+}
+
+/// The table of nodes; a line for each node not confirmed yet.
+fn render_nodes(s: &mut String, r: &StatusReport, now: u64) -> Vec<String> {
     let _ = writeln!(
         s,
         "\n{:<14} {:<20} {:<8} {:<16} {:<16} {:<5} {:<7} AGENT",
@@ -156,57 +188,52 @@ pub fn render(
             agent
         );
         if n.state != NodeState::Confirmed {
-            let mut line = format!(
-                "{} ({}): {}",
-                n.hostname,
-                crate::docker::short(id),
-                n.state.as_str()
-            );
-            if let Some(e) = &n.last_error {
-                let _ = write!(line, ": {e}");
-            }
-            if let Some(t) = n.next_try_at {
-                let _ = write!(line, " (next try in {}s)", t.saturating_sub(now));
-            }
-            pending.push(line);
+            pending.push(pending_line(id, n, now));
         }
     }
-    if pending.is_empty() {
-        let _ = writeln!(s, "\npending: nothing");
-    } else {
-        let _ = writeln!(s, "\npending:");
-        for p in pending {
-            let _ = writeln!(s, "  {p}");
-        }
+    pending
+}
+
+fn pending_line(id: &str, n: &NodeReport, now: u64) -> String {
+    let mut line = format!(
+        "{} ({}): {}",
+        n.hostname,
+        crate::docker::short(id),
+        n.state.as_str()
+    );
+    if let Some(e) = &n.last_error {
+        let _ = write!(line, ": {e}");
     }
-    let rec = &r.recovery.recovery;
-    if rec.started_ms.is_some() {
-        let secs = |t: Option<u64>| {
-            t.zip(rec.started_ms)
-                .map(|(t, s)| format!("{:.1}s", t.saturating_sub(s) as f64 / 1000.0))
-                .unwrap_or_else(|| "-".into())
-        };
-        let _ = writeln!(
-            s,
-            "\nrecovery: phase {:?}, quorum after {}, converged after {}",
-            rec.phase,
-            secs(rec.quorum_ms),
-            secs(rec.converged_ms)
-        );
-        if !r.recovery.waiting.is_empty() {
-            let _ = writeln!(s, "  clean-up waits for {}", r.recovery.waiting.join(", "));
-        }
-        for (_, line) in r.recovery.timeline.iter().rev().take(8).rev() {
-            let _ = writeln!(s, "  {line}");
-        }
+    if let Some(t) = n.next_try_at {
+        let _ = write!(line, " (next try in {}s)", t.saturating_sub(now));
     }
-    if !r.errors.is_empty() {
-        let _ = writeln!(s, "\nlast errors:");
-        for (t, e) in r.errors.iter().rev().take(5) {
-            let _ = writeln!(s, "  {}: {e}", ago(now, *t));
-        }
+    line
+}
+
+/// The current or last recovery: phase, timings, the newest timeline lines.
+fn render_recovery(s: &mut String, file: &crate::recovery::RecoveryFile) {
+    let rec = &file.recovery;
+    if rec.started_ms.is_none() {
+        return;
     }
-    s
+    let secs = |t: Option<u64>| {
+        t.zip(rec.started_ms)
+            .map(|(t, s)| format!("{:.1}s", t.saturating_sub(s) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    let _ = writeln!(
+        s,
+        "\nrecovery: phase {:?}, quorum after {}, converged after {}",
+        rec.phase,
+        secs(rec.quorum_ms),
+        secs(rec.converged_ms)
+    );
+    if !file.waiting.is_empty() {
+        let _ = writeln!(s, "  clean-up waits for {}", file.waiting.join(", "));
+    }
+    for (_, line) in file.timeline.iter().rev().take(8).rev() {
+        let _ = writeln!(s, "  {line}");
+    }
 }
 
 #[cfg(test)]
