@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glue_node_agent::protocol::{CommandBody, SigningKey};
+use glue_node_agent::protocol::{CommandBody, PublicKey, SigningKey};
 use glue_node_agent::server::unix_now;
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +130,6 @@ pub async fn enrol(ctx: Arc<Ctx>, job: Job) -> Result<Done, Failure> {
             }
         }
     }
-    let addr = job.addr.to_string();
     let mut changed = Vec::new();
     let probe = match probe(&ctx, &job).await {
         Ok(p) => p,
@@ -172,34 +171,9 @@ pub async fn enrol(ctx: Arc<Ctx>, job: Job) -> Result<Done, Failure> {
     })?;
     let mut agent_key = probe.agent_key;
     if !plan.is_empty() {
-        if plan.copy_binary {
-            let bytes = expected.binary.as_deref().unwrap_or_default();
-            let up = install::upload_path(&plan.bin_path, &ctx.manager_id);
-            ctx.ssh
-                .run(
-                    &job.node_id,
-                    &addr,
-                    "uploading the agent",
-                    &format!("cat > '{up}'"),
-                    bytes,
-                    INSTALL_TIMEOUT,
-                )
-                .await
-                .map_err(|e| with_ssh(ssh_failure(e)))?;
-        }
-        let out = ctx
-            .ssh
-            .run(
-                &job.node_id,
-                &addr,
-                "installing the agent",
-                "sh -s",
-                install::install_script(&plan, &ctx.manager_id).as_bytes(),
-                INSTALL_TIMEOUT,
-            )
+        agent_key = install_agent(&ctx, &job, &plan, expected.binary.as_deref())
             .await
-            .map_err(|e| with_ssh(ssh_failure(e)))?;
-        agent_key = Probe::parse(&out).agent_key;
+            .map_err(with_ssh)?;
         changed.push(plan.summary());
     }
     let Some(key) = agent_key else {
@@ -225,6 +199,44 @@ pub async fn enrol(ctx: Arc<Ctx>, job: Job) -> Result<Done, Failure> {
     })?;
     done.changed = changed;
     Ok(done)
+}
+
+/// Carries out an install plan on the node over SSH (the binary uploaded
+/// first if it must be); the agent key the node then reports.
+async fn install_agent(
+    ctx: &Ctx,
+    job: &Job,
+    plan: &install::InstallPlan,
+    binary: Option<&[u8]>,
+) -> Result<Option<PublicKey>, Failure> {
+    let addr = job.addr.to_string();
+    if plan.copy_binary {
+        let up = install::upload_path(&plan.bin_path, &ctx.manager_id);
+        ctx.ssh
+            .run(
+                &job.node_id,
+                &addr,
+                "uploading the agent",
+                &format!("cat > '{up}'"),
+                binary.unwrap_or_default(),
+                INSTALL_TIMEOUT,
+            )
+            .await
+            .map_err(ssh_failure)?;
+    }
+    let out = ctx
+        .ssh
+        .run(
+            &job.node_id,
+            &addr,
+            "installing the agent",
+            "sh -s",
+            install::install_script(plan, &ctx.manager_id).as_bytes(),
+            INSTALL_TIMEOUT,
+        )
+        .await
+        .map_err(ssh_failure)?;
+    Ok(Probe::parse(&out).agent_key)
 }
 
 async fn probe(ctx: &Ctx, job: &Job) -> Result<Probe, SshError> {
