@@ -251,22 +251,13 @@ impl Agent {
     /// Handles one command envelope.
     pub fn handle(&self, bytes: &[u8], now: u64) -> Handled {
         let Some(identity) = self.identity.clone() else {
-            return self.refuse(
-                0,
-                now,
-                Refusal::new(
-                    RefusalCode::NotEnrolled,
-                    "this agent has no node and cluster ID yet (agent.toml)",
-                ),
-            );
+            let why = "this agent has no node and cluster ID yet (agent.toml)";
+            return self.refuse(0, now, Refusal::new(RefusalCode::NotEnrolled, why));
         };
         let (trusted, _) = load_trust_dir(&self.trust_dir);
         let Ok(mut state) = self.state.lock() else {
-            return self.refuse(
-                0,
-                now,
-                Refusal::new(RefusalCode::Internal, "state lock poisoned"),
-            );
+            let why = "state lock poisoned";
+            return self.refuse(0, now, Refusal::new(RefusalCode::Internal, why));
         };
         let last_seq = |k: &PublicKey| state.last_seq_of(k);
         let ctx = CommandContext {
@@ -294,77 +285,29 @@ impl Agent {
                 if let Err(refusal) = saved {
                     return self.refuse(cmd.seq, now, refusal);
                 }
-                (
-                    Outcome::Status {
-                        status: self.status(),
-                    },
-                    format!("status asked by {issuer} (seq {})", cmd.seq),
-                )
+                let status = self.status();
+                let log = format!("status asked by {issuer} (seq {})", cmd.seq);
+                (Outcome::Status { status }, log)
             }
             CommandBody::SetRewrites {
                 generation,
-                mut rewrites,
+                rewrites,
                 replaces,
             } => {
-                rewrites.sort();
-                let stale = if let Some(read) = replaces.filter(|r| *r != state.generation) {
-                    Some(format!(
-                        "the set in force changed since it was read: generation {}, read as {read}",
-                        state.generation
-                    ))
-                } else if generation < state.generation
-                    || (generation == state.generation && rewrites != state.rewrites)
-                {
-                    Some(format!(
-                        "generation {generation} does not supersede the set in force (generation {})",
-                        state.generation
-                    ))
-                } else {
-                    None
-                };
-                if let Some(why) = stale {
-                    let refusal = Refusal::new(RefusalCode::StaleGeneration, why);
-                    drop(state);
-                    return self.refuse(cmd.seq, now, refusal);
-                }
-                if rewrites != state.rewrites {
-                    // Connections to every address whose rule is added,
-                    // changed or removed must end; owed until they did.
-                    let mut pending: BTreeSet<Ipv4Addr> =
-                        state.pending_reset.iter().copied().collect();
-                    pending.extend(rewritten_differently(&state.rewrites, &rewrites));
-                    next.pending_reset = pending.into_iter().collect();
-                }
-                next.generation = generation;
-                next.rewrites = rewrites.clone();
-                // Desired state first: if the agent dies after this, it
-                // re-applies the set when it starts.
-                let saved = self.commit(&mut state, next);
-                drop(state);
-                if let Err(refusal) = saved {
-                    return self.refuse(cmd.seq, now, refusal);
-                }
                 let started = std::time::Instant::now();
-                match self.enforce() {
-                    Ok(changed) => (
+                match self.set_rewrites(state, next, generation, rewrites, replaces) {
+                    Ok((changed, count)) => (
                         Outcome::Applied {
                             status: self.status(),
                         },
                         format!(
-                            "set from {issuer} (seq {}): generation {generation}, {} rewrites{} ({:.2}s)",
+                            "set from {issuer} (seq {}): generation {generation}, {count} rewrites{} ({:.2}s)",
                             cmd.seq,
-                            rewrites.len(),
                             if changed { "" } else { ", already in force" },
                             started.elapsed().as_secs_f64()
                         ),
                     ),
-                    Err(e) => {
-                        return self.refuse(
-                            cmd.seq,
-                            now,
-                            Refusal::new(RefusalCode::Internal, e.to_string()),
-                        );
-                    }
+                    Err(refusal) => return self.refuse(cmd.seq, now, refusal),
                 }
             }
             CommandBody::Unsupported => {
@@ -381,6 +324,42 @@ impl Agent {
             reply: self.reply(cmd.seq, now, outcome),
             log,
         }
+    }
+
+    /// Makes a set the desired one (refused if stale), saved before it is
+    /// put in force; whether the kernel had to change, and how many
+    /// rewrites the set has.
+    fn set_rewrites(
+        &self,
+        mut state: std::sync::MutexGuard<'_, AgentState>,
+        mut next: AgentState,
+        generation: u64,
+        mut rewrites: Vec<Rewrite>,
+        replaces: Option<u64>,
+    ) -> Result<(bool, usize), Refusal> {
+        rewrites.sort();
+        if let Some(why) = stale_set(&state, generation, &rewrites, replaces) {
+            return Err(Refusal::new(RefusalCode::StaleGeneration, why));
+        }
+        if rewrites != state.rewrites {
+            // Connections to every address whose rule is added, changed or
+            // removed must end; owed until they did.
+            let mut pending: BTreeSet<Ipv4Addr> = state.pending_reset.iter().copied().collect();
+            pending.extend(rewritten_differently(&state.rewrites, &rewrites));
+            next.pending_reset = pending.into_iter().collect();
+        }
+        let count = rewrites.len();
+        next.generation = generation;
+        next.rewrites = rewrites;
+        // Desired state first: if the agent dies after this, it re-applies
+        // the set when it starts.
+        let saved = self.commit(&mut state, next);
+        drop(state);
+        saved?;
+        let changed = self
+            .enforce()
+            .map_err(|e| Refusal::new(RefusalCode::Internal, e.to_string()))?;
+        Ok((changed, count))
     }
 
     /// Saves `next` and makes it the state; on failure nothing changes.
@@ -539,6 +518,32 @@ pub enum EnforceError {
     StaleConnections(Vec<reset::ResetError>),
     #[error("recording the addresses owed a reset: {0}")]
     Owe(String),
+}
+
+/// Why a set does not supersede the one in force, if it does not: the set
+/// in force changed since the sender read it, or its generation is older
+/// (or the same with other rewrites).
+fn stale_set(
+    state: &AgentState,
+    generation: u64,
+    rewrites: &[Rewrite],
+    replaces: Option<u64>,
+) -> Option<String> {
+    if let Some(read) = replaces.filter(|r| *r != state.generation) {
+        Some(format!(
+            "the set in force changed since it was read: generation {}, read as {read}",
+            state.generation
+        ))
+    } else if generation < state.generation
+        || (generation == state.generation && rewrites != state.rewrites)
+    {
+        Some(format!(
+            "generation {generation} does not supersede the set in force (generation {})",
+            state.generation
+        ))
+    } else {
+        None
+    }
 }
 
 /// The old addresses whose rule `after` adds, changes or removes against

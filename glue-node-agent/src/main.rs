@@ -245,6 +245,43 @@ fn clear(cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// Reads only: creates no key, moves no file, changes no rule.
+/// The status lines for the overlay tunnels and what dockerd holds.
+fn print_overlay_and_dockerd(cfg: &Config) {
+    let (tunnels, errors) = overlay::Tunnels::list(&DockerNetns {
+        dir: cfg.docker_netns_dir.clone(),
+    });
+    let off = tunnels.iter().filter(|t| !t.learning).count();
+    println!(
+        "  overlay     {} tunnels, {off} with learning off (kept so while rewrites are in force)",
+        tunnels.len()
+    );
+    for e in errors {
+        println!("  overlay     not read: {e}");
+    }
+    let d = DockerdWatch::read_now(&DockerSocket {
+        socket: cfg.docker_socket.clone(),
+    });
+    match d.error {
+        Some(e) => println!("  dockerd     not read: {e}"),
+        None => {
+            let pinned: Vec<String> = d.state.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "  dockerd     node address {}; state file: {}",
+                if d.node_addr.is_empty() {
+                    "none (not in a swarm)"
+                } else {
+                    &d.node_addr
+                },
+                if pinned.is_empty() {
+                    "no address set".to_string()
+                } else {
+                    pinned.join(" ")
+                }
+            );
+        }
+    }
+}
+
 fn status(cfg: &Config) -> anyhow::Result<()> {
     println!("glue-node-agent {}", glue_node_agent::VERSION);
     let node = if cfg.node_id.is_empty() {
@@ -293,38 +330,6 @@ fn status(cfg: &Config) -> anyhow::Result<()> {
     for r in &state.rewrites {
         println!("  rewrite     {} -> {}", r.from, r.to);
     }
-    let (tunnels, errors) = overlay::Tunnels::list(&DockerNetns {
-        dir: cfg.docker_netns_dir.clone(),
-    });
-    let off = tunnels.iter().filter(|t| !t.learning).count();
-    println!(
-        "  overlay     {} tunnels, {off} with learning off (kept so while rewrites are in force)",
-        tunnels.len()
-    );
-    for e in errors {
-        println!("  overlay     not read: {e}");
-    }
-    let d = DockerdWatch::read_now(&DockerSocket {
-        socket: cfg.docker_socket.clone(),
-    });
-    match d.error {
-        Some(e) => println!("  dockerd     not read: {e}"),
-        None => {
-            let pinned: Vec<String> = d.state.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!(
-                "  dockerd     node address {}; state file: {}",
-                if d.node_addr.is_empty() {
-                    "none (not in a swarm)"
-                } else {
-                    &d.node_addr
-                },
-                if pinned.is_empty() {
-                    "no address set".to_string()
-                } else {
-                    pinned.join(" ")
-                }
-            );
-        }
-    }
+    print_overlay_and_dockerd(cfg);
     Ok(())
 }

@@ -388,13 +388,30 @@ pub struct CommandContext<'a> {
 /// Opens and checks a command envelope; nothing is changed by this call.
 pub fn open_command(bytes: &[u8], ctx: &CommandContext<'_>) -> Result<Command, Refusal> {
     let (signer, payload) = Envelope::open(bytes, ctx.trusted)?;
-    // The payload is authentic from here on; a newer protocol version may still
-    // not be parseable, so the version is looked at first.
+    let cmd = parse_payload(&payload)?;
+    check_addressed(&cmd, &signer, ctx)?;
+    check_fresh(&cmd, &signer, ctx)?;
+    match &cmd.body {
+        CommandBody::SetRewrites { rewrites, .. } => check_rewrites(rewrites)?,
+        CommandBody::Status => {}
+        CommandBody::Unsupported => {
+            return Err(Refusal::new(
+                RefusalCode::UnsupportedCommand,
+                "this agent does not know that command",
+            ))
+        }
+    }
+    Ok(cmd)
+}
+
+/// The command in an authentic payload. A newer protocol version may not
+/// be parseable, so the version is looked at first.
+fn parse_payload(payload: &[u8]) -> Result<Command, Refusal> {
     #[derive(Deserialize)]
     struct Versioned {
         v: u32,
     }
-    let versioned: Versioned = serde_json::from_slice(&payload).map_err(|e| {
+    let versioned: Versioned = serde_json::from_slice(payload).map_err(|e| {
         Refusal::new(
             RefusalCode::Malformed,
             format!("command payload has no version: {e}"),
@@ -409,13 +426,21 @@ pub fn open_command(bytes: &[u8], ctx: &CommandContext<'_>) -> Result<Command, R
             ),
         ));
     }
-    let cmd: Command = serde_json::from_slice(&payload).map_err(|e| {
+    serde_json::from_slice(payload).map_err(|e| {
         Refusal::new(
             RefusalCode::Malformed,
             format!("command payload is not valid: {e}"),
         )
-    })?;
-    if cmd.issuer != signer {
+    })
+}
+
+/// The command names its signer as issuer, and this node of this cluster.
+fn check_addressed(
+    cmd: &Command,
+    signer: &PublicKey,
+    ctx: &CommandContext<'_>,
+) -> Result<(), Refusal> {
+    if cmd.issuer != *signer {
         return Err(Refusal::new(
             RefusalCode::IssuerMismatch,
             format!(
@@ -440,6 +465,12 @@ pub fn open_command(bytes: &[u8], ctx: &CommandContext<'_>) -> Result<Command, R
             format!("command is for node {}, this is {}", cmd.target, ctx.node),
         ));
     }
+    Ok(())
+}
+
+/// The command has not expired, does not expire too far ahead, and its
+/// sequence is above the last one accepted from its signer.
+fn check_fresh(cmd: &Command, signer: &PublicKey, ctx: &CommandContext<'_>) -> Result<(), Refusal> {
     if cmd.expires + CLOCK_SKEW_SECS < ctx.now {
         return Err(Refusal::new(
             RefusalCode::Expired,
@@ -455,7 +486,7 @@ pub fn open_command(bytes: &[u8], ctx: &CommandContext<'_>) -> Result<Command, R
             ),
         ));
     }
-    let last = (ctx.last_seq)(&signer);
+    let last = (ctx.last_seq)(signer);
     if cmd.seq <= last {
         return Err(Refusal::new(
             RefusalCode::Replayed,
@@ -466,17 +497,7 @@ pub fn open_command(bytes: &[u8], ctx: &CommandContext<'_>) -> Result<Command, R
             ),
         ));
     }
-    match &cmd.body {
-        CommandBody::SetRewrites { rewrites, .. } => check_rewrites(rewrites)?,
-        CommandBody::Status => {}
-        CommandBody::Unsupported => {
-            return Err(Refusal::new(
-                RefusalCode::UnsupportedCommand,
-                "this agent does not know that command",
-            ))
-        }
-    }
-    Ok(cmd)
+    Ok(())
 }
 
 /// A rewrite set must be a function from old to new unicast addresses.
