@@ -2248,3 +2248,274 @@ mod tests {
         assert!(!pushes(&p2)["w2"].is_empty(), "w2 keeps the rules");
     }
 }
+
+/// Invariants of every plan, checked over thousands of observations made
+/// at random by a seeded generator (a failure names its case and seed).
+#[cfg(test)]
+mod invariants {
+    use super::*;
+    use crate::memory::NodeMemory;
+
+    const PORT: u16 = 7950;
+
+    /// xorshift64*: small, seeded, enough to spread the cases.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    fn old(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 1, i as u8 + 1)
+    }
+    fn new(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 2, i as u8 + 1)
+    }
+
+    struct Case {
+        obs: Observation,
+        memory: Memory,
+        rec: Recovery,
+        managers: usize,
+        leader: Option<String>,
+    }
+
+    /// A swarm of 1, 3 or 5 managers and 2 workers, some of them moved
+    /// (from 10.0.1.N to 10.0.2.N), some down, some proven, some agents
+    /// answering with some set; Docker healthy (with each manager recorded
+    /// old or new), without a leader, or down; any phase of a recovery.
+    fn random_case(rng: &mut Rng) -> Case {
+        let managers = [1, 3, 5][rng.below(3) as usize];
+        let ids: Vec<String> = (0..managers)
+            .map(|i| format!("m{}", i + 1))
+            .chain(["w1".to_string(), "w2".to_string()])
+            .collect();
+        let me = format!("m{}", rng.below(managers as u64) + 1);
+        let mut memory = Memory {
+            node_id: me.clone(),
+            cluster_id: "c".into(),
+            ..Memory::default()
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let manager = id.starts_with('m');
+            memory.nodes.insert(
+                id.clone(),
+                NodeMemory {
+                    hostname: id.clone(),
+                    role: if manager { Role::Manager } else { Role::Worker },
+                    availability: "active".into(),
+                    addr: old(i).to_string(),
+                    manager_addr: manager.then(|| format!("{}:2377", old(i))),
+                    arch: "x86_64".into(),
+                    agent: None,
+                },
+            );
+        }
+        // Where each node is now: moved, stayed, or not seen at all.
+        let now: Vec<Option<Ipv4Addr>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| match rng.below(10) {
+                _ if *id == me => Some(if rng.chance(70) { new(i) } else { old(i) }),
+                0 => None,
+                1..=2 => Some(old(i)),
+                _ => Some(new(i)),
+            })
+            .collect();
+        let map: BTreeMap<Ipv4Addr, Ipv4Addr> = (0..ids.len()).map(|i| (old(i), new(i))).collect();
+        let mut agents = BTreeMap::new();
+        let mut proven = BTreeMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            let Some(addr) = now[i] else { continue };
+            if id.starts_with('m') && *id != me && rng.chance(80) {
+                proven.insert(id.clone(), addr);
+            }
+            if rng.chance(80) {
+                let rewrites = map
+                    .iter()
+                    .filter(|(from, _)| **from != addr && rng.chance(50))
+                    .map(|(from, to)| Rewrite {
+                        from: *from,
+                        to: *to,
+                    })
+                    .collect();
+                let generation = [0, 5, 2_000_000][rng.below(3) as usize];
+                agents.insert(
+                    id.clone(),
+                    AgentSeen {
+                        addr,
+                        generation,
+                        rewrites,
+                        dockerd: None,
+                    },
+                );
+            }
+        }
+        let leader = ids[rng.below(managers as u64) as usize].clone();
+        let health = match rng.below(4) {
+            0 => Health::NoLeader,
+            1 => Health::DockerDown,
+            _ => Health::Healthy {
+                leader: leader.clone(),
+                recorded: (0..managers)
+                    .map(|i| {
+                        let at = if rng.chance(50) { new(i) } else { old(i) };
+                        (ids[i].clone(), at)
+                    })
+                    .collect(),
+            },
+        };
+        let phase = [
+            Phase::Idle,
+            Phase::Rewrite,
+            Phase::Readdress,
+            Phase::CleanUp,
+        ][rng.below(4) as usize];
+        let rec = Recovery {
+            phase,
+            generation: if phase == Phase::Idle { 0 } else { 1_000 },
+            map: if matches!(phase, Phase::Rewrite | Phase::Readdress) {
+                map.clone()
+            } else {
+                BTreeMap::new()
+            },
+            last_map: if phase == Phase::CleanUp {
+                map.clone()
+            } else {
+                BTreeMap::new()
+            },
+            started_ms: (phase != Phase::Idle).then_some(990_000),
+            ..Recovery::default()
+        };
+        let mut pending = BTreeMap::new();
+        if rng.chance(15) && managers > 1 {
+            let i = rng.below(managers as u64) as usize;
+            pending.insert(ids[i].clone(), (old(i), new(i)));
+        }
+        let healthy = matches!(health, Health::Healthy { .. });
+        let obs = Observation {
+            now_ms: 1_000_000,
+            local: now[ids.iter().position(|id| *id == me).expect("me")]
+                .into_iter()
+                .collect(),
+            health,
+            proven,
+            agents,
+            not_ready: ids.iter().filter(|_| rng.chance(10)).cloned().collect(),
+            pending,
+            marks_unknown: rng.chance(10),
+            listener_missing: !healthy && rng.chance(20),
+            restarting: BTreeSet::new(),
+            running: None,
+            unpinned: BTreeSet::new(),
+        };
+        Case {
+            obs,
+            memory,
+            rec,
+            managers,
+            leader: healthy.then_some(leader),
+        }
+    }
+
+    fn check(case: &Case, p: &Plan) -> Result<(), String> {
+        let is_manager = |n: &str| n.starts_with('m');
+        let mut stepped = Vec::new();
+        for a in &p.actions {
+            match a {
+                Action::SetRewrites {
+                    node,
+                    endpoint,
+                    generation,
+                    rewrites,
+                    replaces,
+                } => {
+                    let own = endpoint.ip();
+                    if rewrites.iter().any(|r| std::net::IpAddr::V4(r.from) == own) {
+                        return Err(format!("{node} told to rewrite its own address {own}"));
+                    }
+                    let seen = case
+                        .obs
+                        .agents
+                        .get(node)
+                        .ok_or(format!("{node} told a set without being read"))?;
+                    if *replaces != seen.generation || *generation <= seen.generation {
+                        return Err(format!(
+                            "{node}: generation {generation} over {} read as {replaces}",
+                            seen.generation
+                        ));
+                    }
+                }
+                Action::Readdress { node, .. } => {
+                    if case.leader.is_none() {
+                        return Err(format!("{node} re-addressed without a healthy swarm"));
+                    }
+                    stepped.push(node.clone());
+                }
+                Action::Restart { node, .. } if is_manager(node) => stepped.push(node.clone()),
+                _ => {}
+            }
+        }
+        if stepped.len() > at_once(case.managers) {
+            return Err(format!(
+                "{stepped:?} out of raft at once, {} allowed",
+                at_once(case.managers)
+            ));
+        }
+        if let Some(leader) = &case.leader {
+            if stepped.contains(leader) && stepped.len() > 1 {
+                return Err(format!(
+                    "the leader {leader} stepped with others: {stepped:?}"
+                ));
+            }
+        }
+        if case.rec.phase == Phase::Idle && p.next.phase == Phase::Idle && !p.actions.is_empty() {
+            return Err(format!("a swarm left alone got {:?}", p.actions));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn every_plan_keeps_the_invariants() {
+        let seed = 0x5EED_0F_61_7E;
+        let mut rng = Rng(seed);
+        // (sets, re-addressings, restarts) planned over all cases: the
+        // generator must reach what the invariants are about.
+        let mut reached = (0, 0, 0);
+        for n in 0..5_000 {
+            let case = random_case(&mut rng);
+            let p = plan(&case.obs, &case.memory, &case.rec, PORT);
+            if let Err(why) = check(&case, &p) {
+                panic!(
+                    "case {n} (seed {seed:#x}): {why}\nobservation: {:#?}\nrecovery: {:#?}",
+                    case.obs, case.rec
+                );
+            }
+            for a in &p.actions {
+                match a {
+                    Action::SetRewrites { .. } => reached.0 += 1,
+                    Action::Readdress { .. } => reached.1 += 1,
+                    Action::Restart { .. } => reached.2 += 1,
+                    Action::Timeline(_) => {}
+                }
+            }
+        }
+        let (sets, readdressed, restarts) = reached;
+        eprintln!("reached: {sets} sets, {readdressed} re-addressings, {restarts} restarts");
+        assert!(
+            sets > 1_000 && readdressed > 50 && restarts > 50,
+            "the cases reached too little: {sets} sets, {readdressed} re-addressings, {restarts} restarts"
+        );
+    }
+}
