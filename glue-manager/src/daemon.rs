@@ -11,17 +11,20 @@ use glue_node_agent::server::unix_now;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
+use crate::discovery::Event;
 use crate::docker::{DockerApi, Snapshot};
 use crate::enrol::NodeState;
 use crate::enrol::{self, Ctx, Done, Failure, Job};
-use crate::host::System;
+use crate::host::{Host, System};
 use crate::keys::{self, Sequence};
+use crate::mdns::Mdns;
 use crate::memory::{self, ManagerKeys, Memory, MemoryStore, NodeMemory, PinnedAgent, Role};
 use crate::plan::Health;
+use crate::ports::{Live, Ports, Signed, StateFile, Swarm, Tls};
 use crate::recovery::Recoverer;
 use crate::ssh::Ssh;
 use crate::status::StatusReport;
-use glue_node_agent::protocol::KeyError;
+use glue_node_agent::protocol::{KeyError, SigningKey};
 
 /// Longest a look at Docker, or a round of recovery, may take.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -68,6 +71,8 @@ pub struct Daemon {
     signing: glue_node_agent::protocol::SigningKey,
     seq: Arc<Sequence>,
     recoverer: Recoverer,
+    /// What mDNS hears, for the recoverer.
+    heard: mpsc::Receiver<Event>,
     /// What the last look at Docker said, for the recovery.
     health: Health,
     /// The last round of recovery work could not reach Avahi (said once).
@@ -86,6 +91,46 @@ pub struct Daemon {
     cleaned: bool,
 }
 
+/// This manager's SSH public key, made at first start.
+fn ssh_key(cfg: &Config) -> anyhow::Result<String> {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let comment = format!("swarm-glue manager on {host}");
+    let (ssh_pub, made) = keys::ssh_key(&cfg.ssh_key_path(), &comment)?;
+    if made {
+        let path = cfg.ssh_key_path();
+        tracing::info!("made this manager's SSH key ({})", path.display());
+    }
+    Ok(ssh_pub)
+}
+
+/// The recoverer on the real ports, and what mDNS hears for it.
+fn recoverer(
+    cfg: &Config,
+    signing: &SigningKey,
+    seq: &Arc<Sequence>,
+) -> Result<(Recoverer, mpsc::Receiver<Event>), KeyError> {
+    let host: Arc<dyn Host> = Arc::new(System);
+    let (mdns, heard) = Mdns::new(cfg.agent_port);
+    let agents = Signed {
+        signing: SigningKey::from_pkcs8(signing.pkcs8())?,
+        seq: seq.clone(),
+        host: host.clone(),
+    };
+    let ports = Ports {
+        host: host.clone(),
+        discovery: Box::new(mdns),
+        peers: Arc::new(Tls),
+        agents: Arc::new(agents),
+        store: Box::new(StateFile {
+            path: cfg.recovery_path(),
+            host,
+        }),
+    };
+    Ok((Recoverer::new(ports, cfg.agent_port), heard))
+}
+
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(false, state);
 }
@@ -98,19 +143,7 @@ impl Daemon {
         if made {
             tracing::info!(key = %signing.public().short(), "made this manager's signing key");
         }
-        let host = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let (ssh_pub, made) = keys::ssh_key(
-            &cfg.ssh_key_path(),
-            &format!("swarm-glue manager on {host}"),
-        )?;
-        if made {
-            tracing::info!(
-                "made this manager's SSH key ({})",
-                cfg.ssh_key_path().display()
-            );
-        }
+        let ssh_pub = ssh_key(&cfg)?;
         let seq = Sequence::open(&cfg.seq_path())?;
         let store = MemoryStore::new(cfg.memory_path());
         let mut report = StatusReport {
@@ -146,14 +179,17 @@ impl Daemon {
             port: cfg.ssh_port,
             connect_timeout_s: cfg.ssh_connect_timeout_s,
         };
+        let seq = Arc::new(seq);
+        let (recoverer, heard) = recoverer(&cfg, &signing, &seq)?;
         Ok(Daemon {
             store,
             memory,
             report,
             written_report: None,
             signing,
-            seq: Arc::new(seq),
-            recoverer: Recoverer::new(cfg.recovery_path(), cfg.agent_port, Arc::new(System)),
+            seq,
+            recoverer,
+            heard,
             health: Health::DockerDown,
             avahi_down: false,
             ssh,
@@ -199,7 +235,7 @@ impl Daemon {
                 },
                 _ = recover_tick.tick() => recover = true,
                 _ = readdress_done.notified() => recover = true,
-                Some(heard) = self.recoverer.heard_rx.recv() => {
+                Some(heard) = self.heard.recv() => {
                     recover = self.recoverer.heard(&self.memory, heard);
                 }
                 Some((node, result)) = self.results.1.recv() => {
@@ -320,13 +356,7 @@ impl Daemon {
         }
         let lines = self
             .recoverer
-            .step(
-                &self.memory,
-                health,
-                self.ctx.clone(),
-                &self.signing,
-                &self.seq,
-            )
+            .step(&self.memory, health, self.swarm())
             .await;
         if !lines.is_empty() || self.recoverer.phase() != crate::plan::Phase::Idle {
             let mut state = format!("recovery: {:?}", self.recoverer.phase()).to_lowercase();
@@ -337,6 +367,12 @@ impl Daemon {
             self.set_state(state);
         }
         self.report.recovery = self.recoverer.file.clone();
+    }
+
+    /// The swarm as the recovery acts on it, while Docker answers.
+    fn swarm(&self) -> Option<Arc<dyn Swarm>> {
+        let ctx = self.ctx.clone()?;
+        Some(Arc::new(Live(ctx)))
     }
 
     fn lost_docker(&mut self, why: String) {

@@ -65,7 +65,7 @@ pub fn raised_line(was: Duration) -> String {
     )
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub node: String,
     pub hostname: String,
@@ -124,6 +124,8 @@ pub enum ReaddressError {
         secs: u64,
         last: String,
     },
+    #[error("the re-addressing task ended abnormally: {0}")]
+    Crashed(String),
     /// Several targets of one step failed, each named.
     #[error("{}", .0.iter().map(|(host, e)| format!("{host}: {e}")).collect::<Vec<_>>().join("; "))]
     Several(Vec<(String, ReaddressError)>),

@@ -5,30 +5,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use glue_node_agent::protocol::{AgentStatus, CommandBody, Rewrite, SigningKey};
-use serde::{Deserialize, Serialize};
+use glue_node_agent::protocol::{AgentStatus, CommandBody, Rewrite};
 use tokio::sync::mpsc;
 
-use crate::agent_client::{self, Issuer};
-use crate::discovery::{
-    ignored_interface, Announcement, Avahi, DiscoveryError, Event, Heard, Published,
-};
-use crate::docker::DockerApi;
-use crate::enrol::Ctx;
+use crate::discovery::{ignored_interface, DiscoveryError, Event, Heard};
 use crate::host::Host;
 use crate::identity;
-use crate::keys::Sequence;
 use crate::memory::{Memory, Role};
 use crate::plan::{self, Action, AgentSeen, Health, Observation, Phase, Recovery};
+use crate::ports::{Agents, Discovery, Peers, Ports, Readdressing, Store, Swarm, TellError};
+use crate::progress::RecoveryFile;
 use crate::readdress::{self, Outcome, ReaddressError};
 
-const PROOF_TIMEOUT: Duration = Duration::from_secs(2);
-const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a round waits for Avahi to resolve a worker's name. A worker
 /// that did not move is not on the managers' new link and is never
 /// resolved; every round waits this long for it before reading its agent
@@ -40,68 +32,19 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// measured; one that misses this wait is read where it was, and the next
 /// round (2 s) asks again.
 const WORKER_RESOLVE: Duration = Duration::from_millis(800);
-const RAFT_PORT: u16 = 2377;
-
-/// Persisted progress and the timeline of the last recovery.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecoveryFile {
-    pub recovery: Recovery,
-    /// (unix ms, line) of the current or last recovery.
-    pub timeline: Vec<(u64, String)>,
-    /// During clean-up: the nodes whose rewrites could not be removed yet,
-    /// each with the reason (a node that is down keeps the recovery open).
-    #[serde(default)]
-    pub waiting: Vec<String>,
-    /// How many timeline lines were left out (see [`RecoveryFile::record`]).
-    #[serde(default)]
-    pub left_out: usize,
-}
-
-/// The timeline keeps at most this many lines: its first [`TIMELINE_HEAD`]
-/// (how the recovery began), a line saying how many were left out, and the
-/// newest. A recovery can stay open for days (clean-up waits for a node that
-/// is down), and the file is rewritten every round. The journal has every line.
-pub const TIMELINE_MAX: usize = 200;
-pub const TIMELINE_HEAD: usize = 20;
-
-impl RecoveryFile {
-    /// Adds a line to the timeline, leaving out the oldest after the head
-    /// when it is full.
-    pub fn record(&mut self, ms: u64, line: String) {
-        self.timeline.push((ms, line));
-        if self.timeline.len() <= TIMELINE_MAX {
-            return;
-        }
-        // The first time, the line after the head becomes the marker (it
-        // keeps that line's time) and the one after it goes: two left out.
-        self.left_out += if self.left_out == 0 { 2 } else { 1 };
-        self.timeline.remove(TIMELINE_HEAD + 1);
-        self.timeline[TIMELINE_HEAD].1 = format!(
-            "… {} lines left out here (journalctl -u glue-manager has every line)",
-            self.left_out
-        );
-    }
-
-    /// Starts the timeline of a new recovery.
-    pub fn clear_timeline(&mut self) {
-        self.timeline.clear();
-        self.left_out = 0;
-    }
-}
+/// How long a round waits for Avahi to resolve a manager's name.
+const MANAGER_RESOLVE: Duration = Duration::from_secs(2);
 
 pub struct Recoverer {
-    path: PathBuf,
     /// This host's addresses and clock.
     host: Arc<dyn Host>,
+    discovery: Box<dyn Discovery>,
+    peers: Arc<dyn Peers>,
+    agents: Arc<dyn Agents>,
+    store: Box<dyn Store>,
     /// Its addresses as last read: what a failed read stands for.
     last_local: std::sync::Mutex<Vec<Ipv4Addr>>,
     pub file: RecoveryFile,
-    avahi: Option<Avahi>,
-    published: Option<(Announcement, zbus::zvariant::OwnedObjectPath)>,
-    publish_events: Option<mpsc::Receiver<Published>>,
-    name_suffix: u32,
-    heard_tx: mpsc::Sender<Event>,
-    pub heard_rx: mpsc::Receiver<Event>,
     heard: BTreeMap<String, Heard>,
     /// Addresses claimed for a manager and not proven yet, with who claimed
     /// them. Claims are kept apart: Avahi re-announces a host's old record
@@ -199,15 +142,6 @@ struct Candidate {
 const MAX_PROOF_FAILURES: u32 = 5;
 const PROOF_RETRY: Duration = Duration::from_secs(4);
 
-/// Whether anything accepts a TCP connection at `addr`:2377 within a second.
-async fn listens(addr: Ipv4Addr) -> bool {
-    let connect = tokio::net::TcpStream::connect((addr, 2377));
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), connect).await,
-        Ok(Ok(_))
-    )
-}
-
 fn hostname_of(memory: &Memory, node: &str) -> String {
     memory
         .nodes
@@ -226,11 +160,10 @@ struct Push {
 
 /// Pushes every set at once; the nodes clean-up waits for, and why each.
 async fn push_sets(
+    agents: &dyn Agents,
     memory: &Memory,
     p: &plan::Plan,
     pushes: &[Push],
-    signing: &SigningKey,
-    seq: &Sequence,
 ) -> (BTreeSet<String>, Vec<String>) {
     let results = join_all(pushes.iter().map(|push| {
         let body = CommandBody::SetRewrites {
@@ -238,7 +171,7 @@ async fn push_sets(
             rewrites: push.rewrites.clone(),
             replaces: Some(push.replaces),
         };
-        tell(memory, &push.node, push.endpoint, body, signing, seq)
+        agents.tell(memory, &push.node, push.endpoint, body)
     }))
     .await;
     let mut held_by: BTreeSet<String> = p
@@ -306,41 +239,27 @@ fn waiting_for(memory: &Memory, p: &plan::Plan) -> Vec<String> {
 }
 
 impl Recoverer {
-    pub fn new(path: PathBuf, agent_port: u16, host: Arc<dyn Host>) -> Recoverer {
-        let file = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                // A recovery under way is re-planned from what is seen; the
-                // damaged file is kept for a person to look at.
-                let aside = path.with_extension(format!("corrupt-{}", host.now_ms() / 1000));
-                let moved = std::fs::rename(&path, &aside);
-                tracing::error!(
-                    "{} is corrupt ({e}); {}; starting from what is seen",
-                    path.display(),
-                    match moved {
-                        Ok(()) => format!("moved to {}", aside.display()),
-                        Err(m) => format!("could not move it aside: {m}"),
-                    }
-                );
-                RecoveryFile::default()
-            }),
-            Err(_) => RecoveryFile::default(),
-        };
-        let (heard_tx, heard_rx) = mpsc::channel(64);
+    pub fn new(ports: Ports, agent_port: u16) -> Recoverer {
+        let Ports {
+            host,
+            discovery,
+            peers,
+            agents,
+            store,
+        } = ports;
+        let file = store.load();
         let (say_tx, say_rx) = mpsc::unbounded_channel();
         // Unread at start: none, which counts as moved (the cautious side:
         // the swarm must then prove it can commit).
         let last_local = std::sync::Mutex::new(host.addrs().unwrap_or_default());
         Recoverer {
-            path,
             host,
+            discovery,
+            peers,
+            agents,
+            store,
             last_local,
             file,
-            avahi: None,
-            published: None,
-            publish_events: None,
-            name_suffix: 0,
-            heard_tx,
-            heard_rx,
             heard: BTreeMap::new(),
             candidates: BTreeMap::new(),
             warned: Default::default(),
@@ -371,100 +290,19 @@ impl Recoverer {
         self.file.recovery.phase
     }
 
-    /// Connects to Avahi, publishes this manager and browses for the others.
-    /// Called again after a failure (Avahi restarted): publishes anew.
+    /// Announces this manager over mDNS and browses for the others (see
+    /// [`Discovery::announce`]). Called again after a failure.
     pub async fn discover(&mut self, memory: &Memory) -> Result<(), DiscoveryError> {
         if memory.cluster_id.is_empty() {
             return Ok(());
         }
-        // The owner is also compared here, not only followed by its signal:
-        // a restart between connecting and subscribing sends no signal this
-        // connection hears.
-        if let Some(avahi) = &self.avahi {
-            let now = avahi.owner_now().await;
-            if now.as_deref() != Some(avahi.owner()) {
-                self.avahi_gone(now.is_some());
-            }
-        }
-        if self.avahi.is_none() {
-            let avahi = Avahi::connect().await?;
-            avahi.watch_owner(self.heard_tx.clone()).await?;
-            avahi.browse(self.heard_tx.clone()).await?;
-            self.avahi = Some(avahi);
-            self.published = None;
-        }
-        if let Some(rx) = &mut self.publish_events {
-            while let Ok(ev) = rx.try_recv() {
-                match ev {
-                    Published::Established => {}
-                    Published::Collision => {
-                        self.name_suffix += 1;
-                        tracing::warn!("the mDNS name of this manager collides with another host's; publishing under another");
-                        self.published = None;
-                    }
-                    Published::Failed(e) => {
-                        tracing::warn!("publishing over mDNS failed ({e}); publishing again");
-                        self.published = None;
-                    }
-                }
-            }
-        }
-        let ann = Announcement {
-            cluster: memory.cluster_id.clone(),
-            node: memory.node_id.clone(),
-            addrs: self.local_addrs(),
-            agent_port: self.agent_port,
-        };
-        if ann.addrs.is_empty() || self.published.as_ref().map(|(a, _)| a) == Some(&ann) {
-            return Ok(());
-        }
-        let Some(avahi) = &self.avahi else {
-            return Ok(());
-        };
-        if let Some((_, path)) = self.published.take() {
-            let _ = avahi.withdraw(path).await;
-        }
-        let mut name = format!("swarm-glue {}", crate::docker::short(&memory.node_id));
-        if self.name_suffix > 0 {
-            name.push_str(&format!(" #{}", self.name_suffix + 1));
-        }
-        match avahi.publish(&name, &ann).await {
-            Ok((path, events)) => {
-                tracing::info!(
-                    "announcing this manager over mDNS at {}",
-                    ann.addrs
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                self.published = Some((ann, path));
-                self.publish_events = Some(events);
-                Ok(())
-            }
-            Err(e) => {
-                self.avahi = None;
-                Err(e)
-            }
-        }
+        let addrs = self.local_addrs();
+        self.discovery.announce(memory, addrs).await
     }
 
-    /// The avahi-daemon published with is gone (`restarted`: another one
-    /// owns its bus name already): said, then [`Self::avahi_lost`].
-    fn avahi_gone(&mut self, restarted: bool) {
-        if restarted {
-            tracing::warn!("avahi-daemon restarted; browsing and announcing again");
-        } else {
-            tracing::warn!("avahi-daemon stopped; announcing again when it is back");
-        }
-        self.avahi_lost();
-    }
-
-    /// Avahi went away (restarted): start over at the next [`Self::discover`].
+    /// Avahi went away: start over at the next [`Self::discover`].
     pub fn avahi_lost(&mut self) {
-        self.avahi = None;
-        self.published = None;
-        self.publish_events = None;
+        self.discovery.lost();
     }
 
     /// This host's addresses now; if they cannot be read, the last ones
@@ -515,17 +353,7 @@ impl Recoverer {
                 tracing::debug!("an mDNS announcement could not be read: {e}");
                 return false;
             }
-            Event::AvahiOwner { old, new } => {
-                // The watcher of an earlier connection may still have told
-                // of a change already dealt with: only the loss of the
-                // daemon published with counts.
-                let gone = self.avahi.as_ref().is_some_and(|a| a.owner() == old);
-                if gone {
-                    self.avahi_gone(!new.is_empty());
-                }
-                // A round at once: it connects to the new daemon.
-                return !new.is_empty() && (gone || self.avahi.is_none());
-            }
+            Event::AvahiOwner { old, new } => return self.discovery.owner_changed(&old, &new),
             Event::Removed(service) => {
                 // Claims stay until proven or refused: after a move a host's
                 // entry is removed from its old interface after it appeared
@@ -605,14 +433,7 @@ impl Recoverer {
     /// after the handshake (a rule may arrive from another manager
     /// meanwhile). Each proof records whether this host had moved
     /// (`mine_moved`) and where Docker had the node, see [`stale_proofs`].
-    async fn prove(
-        &mut self,
-        memory: &Memory,
-        rewritten: &[Ipv4Addr],
-        mine_moved: bool,
-        signing: &SigningKey,
-        seq: &Sequence,
-    ) {
+    async fn prove(&mut self, memory: &Memory, rewritten: &[Ipv4Addr], mine_moved: bool) {
         let now = std::time::Instant::now();
         for claims in self.candidates.values_mut() {
             claims.retain(|a, _| !rewritten.contains(a));
@@ -627,20 +448,18 @@ impl Recoverer {
                     .map(move |(a, c)| (node.clone(), *a, c.sender))
             })
             .collect();
+        let peers = &self.peers;
         let proofs = join_all(todo.iter().map(|(node, addr, _)| {
             let exp = identity::Expected {
                 root_ca_pem: memory.root_ca_pem.clone(),
                 cluster: memory.cluster_id.clone(),
                 node: node.clone(),
             };
-            async move {
-                identity::prove_manager(SocketAddr::from((*addr, RAFT_PORT)), &exp, PROOF_TIMEOUT)
-                    .await
-            }
+            async move { peers.prove(*addr, &exp).await }
         }))
         .await;
         let after = if proofs.iter().any(Result::is_ok) {
-            self.local_rules(memory, signing, seq)
+            self.local_rules(memory)
                 .await
                 .ok()
                 .map(|st| st.rewrites.iter().map(|r| r.from).collect())
@@ -689,9 +508,7 @@ impl Recoverer {
     /// while to be re-announced after a move. Each answer is only a claim,
     /// proven like the announced ones.
     async fn resolve_managers(&mut self, memory: &Memory) {
-        let Some(avahi) = &self.avahi else {
-            return;
-        };
+        let discovery = &self.discovery;
         let managers: Vec<(&String, &str)> = memory
             .nodes
             .iter()
@@ -699,7 +516,7 @@ impl Recoverer {
             .map(|(id, n)| (id, n.hostname.as_str()))
             .collect();
         let found = join_all(managers.iter().map(|(_, host)| async move {
-            tokio::time::timeout(PROOF_TIMEOUT, avahi.resolve_host(host)).await
+            tokio::time::timeout(MANAGER_RESOLVE, discovery.resolve(host)).await
         }))
         .await;
         for ((id, host), r) in managers.into_iter().zip(found) {
@@ -761,36 +578,48 @@ impl Recoverer {
         memory: &Memory,
         addr: Ipv4Addr,
         stale: Vec<String>,
-        ctx: Option<&Arc<Ctx>>,
+        swarm: Option<&Arc<dyn Swarm>>,
     ) {
-        let (None, Some(ctx), Some(old)) = (
+        let (None, Some(swarm), Some(old)) = (
             &self.readdressing,
-            ctx,
+            swarm,
             plan::remembered_addr(memory, &memory.node_id),
         ) else {
             return;
         };
-        let (ctx, say, done) = (
-            ctx.clone(),
-            self.say_tx.clone(),
-            self.readdress_done.clone(),
-        );
+        let work = Readdressing::ThisHost {
+            old,
+            new: addr,
+            stale,
+        };
+        self.spawn_readdressing("this host".to_string(), swarm.as_ref(), work);
+    }
+
+    /// Runs `work` as the task that takes the re-addressing slot.
+    fn spawn_readdressing(&mut self, name: String, swarm: &dyn Swarm, work: Readdressing) {
+        let task = swarm.readdress(work, self.say_tx.clone());
+        let done = self.readdress_done.clone();
         let task = tokio::spawn(async move {
-            let r = readdress::restart_self(&ctx, old, addr, &stale, &say).await;
+            let r = task
+                .await
+                .unwrap_or_else(|e| Err(ReaddressError::Crashed(e.to_string())));
+            // A step that ended (or failed) calls for a round at once; a
+            // "not now" waits for the next tick (a round a tick, not five a
+            // second while a step waits; docs/recovery.md).
             if !matches!(r, Ok(Outcome::NotNow(_))) {
                 done.notify_one();
             }
             r
         });
-        self.readdressing = Some(("this host".to_string(), task));
+        self.readdressing = Some((name, task));
     }
 
     /// Once a recovery is over, puts the dispatcher heartbeat back where it
     /// was before re-addressing raised it (any manager may; the first one
     /// does it, the others find no mark). Tried again next round on failure.
-    async fn heartbeat_back(&mut self, docker: &DockerApi, why: &str, lines: &mut Vec<String>) {
+    async fn heartbeat_back(&mut self, swarm: &dyn Swarm, why: &str, lines: &mut Vec<String>) {
         let what = "putting the dispatcher heartbeat back";
-        if let Some(back) = bounded(what, docker.release_heartbeat(readdress::HEARTBEAT)).await {
+        if let Some(back) = bounded(what, swarm.release_heartbeat(readdress::HEARTBEAT)).await {
             self.heartbeat_raised = false;
             self.heartbeat_held = false;
             if let Some(p) = back {
@@ -834,9 +663,7 @@ impl Recoverer {
         &mut self,
         memory: &Memory,
         health: Health,
-        ctx: Option<Arc<Ctx>>,
-        signing: &SigningKey,
-        seq: &Sequence,
+        swarm: Option<Arc<dyn Swarm>>,
     ) -> Vec<String> {
         let mut lines = Vec::new();
         self.collect_readdressing(&mut lines).await;
@@ -848,8 +675,8 @@ impl Recoverer {
         let peers_moved = self.peers_moved(memory);
         if self.file.recovery.phase != Phase::Idle {
             self.heartbeat_raised = true;
-        } else if let (true, true, Some(ctx)) = (self.heartbeat_raised, healthy, &ctx) {
-            self.heartbeat_back(&ctx.docker, "", &mut lines).await;
+        } else if let (true, true, Some(swarm)) = (self.heartbeat_raised, healthy, &swarm) {
+            self.heartbeat_back(swarm.as_ref(), "", &mut lines).await;
         }
         if self.file.recovery.phase != Phase::CleanUp {
             self.put_back_for_down = false;
@@ -857,37 +684,34 @@ impl Recoverer {
         if healthy && !mine_moved && !peers_moved && self.file.recovery.phase == Phase::Idle {
             return lines;
         }
-        if let Some(avahi) = &self.avahi {
-            avahi.refresh(&self.heard_tx);
-        }
+        self.discovery.refresh();
         self.resolve_managers(memory).await;
-        let own = self
-            .prove_through_own_rules(memory, mine_moved, signing, seq)
-            .await;
-        let mut obs = self.observe(memory, health, ctx.as_ref(), local).await;
+        let own = self.prove_through_own_rules(memory, mine_moved).await;
+        let mut obs = self.observe(memory, health, swarm.as_ref(), local).await;
         if mine_moved && !healthy {
             obs.listener_missing = match plan::my_current(&obs, memory) {
-                Some(me) => !listens(me).await,
+                Some(me) => !self.peers.listens(me).await,
                 None => false,
             };
         }
-        obs.agents = self.agents(memory, &obs, own, signing, seq).await;
+        obs.agents = self.read_agents(memory, &obs, own).await;
         let p = plan::plan(&obs, memory, &self.file.recovery, self.agent_port);
         if p.next.started_ms != self.file.recovery.started_ms {
             self.file.clear_timeline();
         }
-        let (pushes, batch) = self.take_actions(memory, &obs, &p, ctx.as_ref(), &mut lines);
+        let (pushes, batch) = self.take_actions(memory, &obs, &p, swarm.as_ref(), &mut lines);
         if let Some(why) = &p.held {
             self.held(format!("re-addressing waits: {why}"), &mut lines);
         }
-        if let (false, None, Some(ctx)) = (batch.is_empty(), &self.readdressing, &ctx) {
-            self.start_readdressing(memory, &obs, &p.next, ctx, batch);
+        if let (false, None, Some(swarm)) = (batch.is_empty(), &self.readdressing, &swarm) {
+            self.start_readdressing(memory, &obs, &p.next, swarm.as_ref(), batch);
         }
-        let (held_by, waiting) = push_sets(memory, &p, &pushes, signing, seq).await;
-        self.heartbeat_for_the_down(memory, &p, &held_by, healthy, ctx.as_ref(), &mut lines)
+        let (held_by, waiting) = push_sets(self.agents.as_ref(), memory, &p, &pushes).await;
+        let swarm = swarm.as_ref();
+        self.heartbeat_for_the_down(memory, &p, &held_by, healthy, swarm, &mut lines)
             .await;
         self.clean_up_waits(p.next.phase, waiting);
-        self.heartbeat_while_readdressing(&obs, p.next.phase, healthy, ctx.as_ref(), &mut lines)
+        self.heartbeat_while_readdressing(&obs, p.next.phase, healthy, swarm, &mut lines)
             .await;
         if p.next != self.file.recovery {
             self.file.recovery = p.next;
@@ -917,10 +741,8 @@ impl Recoverer {
         &mut self,
         memory: &Memory,
         mine_moved: bool,
-        signing: &SigningKey,
-        seq: &Sequence,
     ) -> Option<AgentStatus> {
-        match self.local_rules(memory, signing, seq).await {
+        match self.local_rules(memory).await {
             Ok(status) => {
                 let rewritten: Vec<Ipv4Addr> = status.rewrites.iter().map(|r| r.from).collect();
                 if std::mem::take(&mut self.agent_silent) {
@@ -929,8 +751,7 @@ impl Recoverer {
                 self.proven.retain(|_, a| !rewritten.contains(a));
                 let proven = &self.proven;
                 self.proof_basis.retain(|n, _| proven.contains_key(n));
-                self.prove(memory, &rewritten, mine_moved, signing, seq)
-                    .await;
+                self.prove(memory, &rewritten, mine_moved).await;
                 Some(status)
             }
             Err(e) => {
@@ -950,17 +771,17 @@ impl Recoverer {
         &self,
         memory: &Memory,
         health: Health,
-        ctx: Option<&Arc<Ctx>>,
+        swarm: Option<&Arc<dyn Swarm>>,
         local: Vec<Ipv4Addr>,
     ) -> Observation {
-        let (pending, restarting) = match (ctx, &health) {
-            (Some(ctx), Health::Healthy { .. }) => marks(&ctx.docker).await.unzip(),
+        let (pending, restarting) = match (swarm, &health) {
+            (Some(swarm), Health::Healthy { .. }) => marks(swarm.as_ref()).await.unzip(),
             _ => (Some(BTreeMap::new()), Some(BTreeSet::new())),
         };
         // Only a recovery restarts nodes; what they run is read for it alone.
-        let running = match (ctx, &health, self.file.recovery.phase) {
+        let running = match (swarm, &health, self.file.recovery.phase) {
             (_, _, Phase::Idle) => None,
-            (Some(ctx), Health::Healthy { .. }, _) => running(&ctx.docker).await,
+            (Some(swarm), Health::Healthy { .. }, _) => running(swarm.as_ref()).await,
             _ => None,
         };
         Observation {
@@ -991,7 +812,7 @@ impl Recoverer {
         memory: &Memory,
         obs: &Observation,
         p: &plan::Plan,
-        ctx: Option<&Arc<Ctx>>,
+        swarm: Option<&Arc<dyn Swarm>>,
         lines: &mut Vec<String>,
     ) -> (Vec<Push>, Vec<readdress::Target>) {
         let mut pushes = Vec::new();
@@ -1024,7 +845,7 @@ impl Recoverer {
                     how: readdress::How::Manager,
                 }),
                 Action::Restart { node, addr, stale } if node == memory.node_id => {
-                    self.restart_self(memory, addr, stale, ctx);
+                    self.restart_self(memory, addr, stale, swarm);
                 }
                 Action::Restart { node, addr, stale } => batch.push(readdress::Target {
                     hostname: hostname_of(memory, &node),
@@ -1044,7 +865,7 @@ impl Recoverer {
         memory: &Memory,
         obs: &Observation,
         next: &Recovery,
-        ctx: &Arc<Ctx>,
+        swarm: &dyn Swarm,
         batch: Vec<readdress::Target>,
     ) {
         let mut managers: BTreeMap<String, Ipv4Addr> = plan::current_addrs(obs, memory)
@@ -1061,29 +882,17 @@ impl Recoverer {
             managers.entry(id.clone()).or_insert(*to);
         }
         let map = plan::moved(next, &plan::current_addrs(obs, memory));
-        let env = readdress::Env {
-            ctx: ctx.clone(),
-            managers,
-            map,
-            say: self.say_tx.clone(),
-        };
         let name = batch
             .iter()
             .map(|t| t.hostname.as_str())
             .collect::<Vec<_>>()
             .join(" and ");
-        let done = self.readdress_done.clone();
-        let task = tokio::spawn(async move {
-            let r = readdress::run(&env, &batch).await;
-            // A step that ended (or failed) calls for a round at once; a
-            // "not now" waits for the next tick (a round a tick, not five a
-            // second while a step waits; docs/recovery.md).
-            if !matches!(r, Ok(Outcome::NotNow(_))) {
-                done.notify_one();
-            }
-            r
-        });
-        self.readdressing = Some((name, task));
+        let work = Readdressing::Nodes {
+            managers,
+            map,
+            targets: batch,
+        };
+        self.spawn_readdressing(name, swarm, work);
     }
 
     /// Only nodes Docker declared down hold the clean-up back: every other
@@ -1096,20 +905,20 @@ impl Recoverer {
         p: &plan::Plan,
         held_by: &BTreeSet<String>,
         healthy: bool,
-        ctx: Option<&Arc<Ctx>>,
+        swarm: Option<&Arc<dyn Swarm>>,
         lines: &mut Vec<String>,
     ) {
         let only_down = !held_by.is_empty() && held_by.iter().all(|n| self.down.contains(n));
-        if let (Phase::CleanUp, true, false, true, Some(ctx)) = (
+        if let (Phase::CleanUp, true, false, true, Some(swarm)) = (
             p.next.phase,
             only_down,
             self.put_back_for_down,
             healthy,
-            ctx,
+            swarm,
         ) {
             let names: Vec<String> = held_by.iter().map(|n| hostname_of(memory, n)).collect();
             let why = format!(" (clean-up waits only for {}, down)", names.join(", "));
-            self.heartbeat_back(&ctx.docker, &why, lines).await;
+            self.heartbeat_back(swarm.as_ref(), &why, lines).await;
             self.put_back_for_down = !self.heartbeat_raised;
         }
     }
@@ -1124,10 +933,10 @@ impl Recoverer {
         obs: &Observation,
         phase: Phase,
         healthy: bool,
-        ctx: Option<&Arc<Ctx>>,
+        swarm: Option<&Arc<dyn Swarm>>,
         lines: &mut Vec<String>,
     ) {
-        let Some(ctx) = ctx else {
+        let Some(swarm) = swarm else {
             return;
         };
         let leader = match &obs.health {
@@ -1142,7 +951,7 @@ impl Recoverer {
             // A new leader's dispatcher runs at Docker's default until the
             // period changes (read in swarmkit's `Dispatcher.Run`).
             let what = "setting the dispatcher heartbeat again";
-            let retouch = ctx.docker.retouch_heartbeat(readdress::HEARTBEAT);
+            let retouch = swarm.retouch_heartbeat(readdress::HEARTBEAT);
             if let Some(changed) = bounded(what, retouch).await {
                 if changed {
                     tracing::info!(
@@ -1154,9 +963,7 @@ impl Recoverer {
         }
         if let (Phase::Readdress, false, true) = (phase, self.heartbeat_held, healthy) {
             let what = "raising the dispatcher heartbeat";
-            let hold = ctx
-                .docker
-                .hold_heartbeat(readdress::HEARTBEAT, self.host.now_ms());
+            let hold = swarm.hold_heartbeat(readdress::HEARTBEAT, self.host.now_ms());
             if let Some(held) = bounded(what, hold).await {
                 self.heartbeat_held = true;
                 self.heartbeat_leader = leader.clone();
@@ -1166,42 +973,30 @@ impl Recoverer {
             }
         }
         if let (Phase::Idle, true, true) = (phase, self.heartbeat_raised, healthy) {
-            self.heartbeat_back(&ctx.docker, "", lines).await;
+            self.heartbeat_back(swarm.as_ref(), "", lines).await;
         }
     }
 
     /// The addresses this host's own agent rewrites now; an error (naming
     /// the agent's address) when it does not answer: its rules are still in
     /// force then, just unknown.
-    async fn local_rules(
-        &self,
-        memory: &Memory,
-        signing: &SigningKey,
-        seq: &Sequence,
-    ) -> Result<AgentStatus, TellError> {
+    async fn local_rules(&self, memory: &Memory) -> Result<AgentStatus, TellError> {
         let endpoint = SocketAddr::from((Ipv4Addr::LOCALHOST, self.agent_port));
-        tell(
-            memory,
-            &memory.node_id,
-            endpoint,
-            CommandBody::Status,
-            signing,
-            seq,
-        )
-        .await
+        let body = CommandBody::Status;
+        self.agents
+            .tell(memory, &memory.node_id, endpoint, body)
+            .await
     }
 
     /// Asks every node's agent what it has in force, at its current address:
     /// proven managers, this host, workers found by `<hostname>.local`.
     /// `own`: what this host's agent said this round (asked once, not
     /// twice: a busy agent falls behind).
-    async fn agents(
+    async fn read_agents(
         &self,
         memory: &Memory,
         obs: &Observation,
         own: Option<AgentStatus>,
-        signing: &SigningKey,
-        seq: &Sequence,
     ) -> BTreeMap<String, AgentSeen> {
         let mut where_: Vec<(String, Ipv4Addr)> =
             plan::current_addrs(obs, memory).into_iter().collect();
@@ -1218,9 +1013,10 @@ impl Recoverer {
                 },
             );
         }
-        if let Some(avahi) = &self.avahi {
+        {
             // A manager demoted for re-addressing is a worker for now: it is
             // found the way a worker is.
+            let discovery = &self.discovery;
             let workers: Vec<(&String, &str)> = memory
                 .nodes
                 .iter()
@@ -1228,7 +1024,7 @@ impl Recoverer {
                 .map(|(id, n)| (id, n.hostname.as_str()))
                 .collect();
             let found = join_all(workers.iter().map(|(_, host)| async move {
-                tokio::time::timeout(WORKER_RESOLVE, avahi.resolve_host(host)).await
+                tokio::time::timeout(WORKER_RESOLVE, discovery.resolve(host)).await
             }))
             .await;
             for ((id, _), r) in workers.into_iter().zip(found) {
@@ -1245,12 +1041,12 @@ impl Recoverer {
                 }
             }
         }
+        let agents = &self.agents;
         let answers = join_all(where_.iter().map(|(node, addr)| {
             let endpoint = SocketAddr::from((*addr, self.agent_port));
             async move {
-                tell(memory, node, endpoint, CommandBody::Status, signing, seq)
-                    .await
-                    .ok()
+                let body = CommandBody::Status;
+                agents.tell(memory, node, endpoint, body).await.ok()
             }
         }))
         .await;
@@ -1271,9 +1067,8 @@ impl Recoverer {
     }
 
     fn save(&self) {
-        let bytes = serde_json::to_vec_pretty(&self.file).unwrap_or_default();
-        if let Err(e) = glue_node_agent::state::write_atomic(&self.path, &bytes) {
-            tracing::error!("cannot save the recovery state: {e}");
+        if let Err(e) = self.store.save(&self.file) {
+            tracing::error!("{e}");
         }
     }
 }
@@ -1313,7 +1108,7 @@ async fn bounded_for<T>(
 /// round after tries again; meanwhile re-addressing waits).
 type Marks = (BTreeMap<String, (Ipv4Addr, Ipv4Addr)>, BTreeSet<String>);
 
-async fn marks(docker: &DockerApi) -> Option<Marks> {
+async fn marks(docker: &dyn Swarm) -> Option<Marks> {
     let both = async {
         Ok::<_, crate::docker::DockerError>((
             docker.readdress_marks().await?,
@@ -1325,7 +1120,7 @@ async fn marks(docker: &DockerApi) -> Option<Marks> {
 
 /// The services each node runs a task of; `None` if Docker errs or takes
 /// more than 5 s (nodes are then restarted one at a time).
-async fn running(docker: &DockerApi) -> Option<BTreeMap<String, BTreeSet<String>>> {
+async fn running(docker: &dyn Swarm) -> Option<BTreeMap<String, BTreeSet<String>>> {
     bounded_for(
         Duration::from_secs(5),
         "listing the running tasks",
@@ -1334,89 +1129,10 @@ async fn running(docker: &DockerApi) -> Option<BTreeMap<String, BTreeSet<String>
     .await
 }
 
-/// Sends one signed command to the agent of `node` at `endpoint`, checked
-/// against the key pinned for it; the error names the node and the address.
-async fn tell(
-    memory: &Memory,
-    node: &str,
-    endpoint: SocketAddr,
-    body: CommandBody,
-    signing: &SigningKey,
-    seq: &Sequence,
-) -> Result<AgentStatus, TellError> {
-    let key = memory
-        .nodes
-        .get(node)
-        .and_then(|n| n.agent.as_ref())
-        .map(|a| a.key)
-        .ok_or_else(|| TellError::NoKey {
-            node: node.to_string(),
-            endpoint,
-        })?;
-    let seq = seq.next()?;
-    let issuer = Issuer {
-        key: signing,
-        cluster: &memory.cluster_id,
-        seq,
-        now: crate::host::unix_ms() / 1000,
-    };
-    Ok(agent_client::send(endpoint, key, node, &issuer, body, AGENT_TIMEOUT).await?)
-}
-
-/// Why a command to an agent got no trusted answer.
-#[derive(Debug, thiserror::Error)]
-pub enum TellError {
-    #[error("no agent key pinned for node {node} (at {endpoint})")]
-    NoKey { node: String, endpoint: SocketAddr },
-    #[error(transparent)]
-    Sequence(#[from] crate::keys::KeyError),
-    #[error(transparent)]
-    Agent(#[from] agent_client::AgentError),
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::memory::NodeMemory;
-
-    #[test]
-    fn a_long_timeline_keeps_its_head_and_newest_lines_and_says_how_many_it_left_out() {
-        let mut f = RecoveryFile::default();
-        for i in 0..TIMELINE_MAX as u64 {
-            f.record(i, format!("line {i}"));
-        }
-        assert_eq!(f.timeline.len(), TIMELINE_MAX);
-        assert_eq!(f.left_out, 0);
-        for i in TIMELINE_MAX as u64..TIMELINE_MAX as u64 + 50 {
-            f.record(i, format!("line {i}"));
-        }
-        assert_eq!(f.timeline.len(), TIMELINE_MAX, "{:#?}", f.timeline);
-        assert_eq!(f.left_out, 51);
-        for (i, (ms, line)) in f.timeline[..TIMELINE_HEAD].iter().enumerate() {
-            assert_eq!(
-                (*ms, line.as_str()),
-                (i as u64, format!("line {i}").as_str())
-            );
-        }
-        // The marker takes the place (and the time) of the first line left out.
-        assert_eq!(
-            f.timeline[TIMELINE_HEAD],
-            (
-                TIMELINE_HEAD as u64,
-                "… 51 lines left out here (journalctl -u glue-manager has every line)".to_string()
-            )
-        );
-        let newest: Vec<u64> = f.timeline[TIMELINE_HEAD + 1..]
-            .iter()
-            .map(|t| t.0)
-            .collect();
-        let expected: Vec<u64> = (TIMELINE_HEAD as u64 + 51..TIMELINE_MAX as u64 + 50).collect();
-        assert_eq!(newest, expected);
-        // A new recovery starts a whole timeline again.
-        f.clear_timeline();
-        f.record(7, "detect".into());
-        assert_eq!((f.timeline.len(), f.left_out), (1, 0));
-    }
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().expect("ip")
@@ -1483,70 +1199,4 @@ mod tests {
 }
 
 #[cfg(test)]
-mod host_tests {
-    use super::*;
-    use crate::host::{HostError, Recording};
-    use crate::memory::NodeMemory;
-
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().expect("ip")
-    }
-
-    /// This manager, m1, remembered at 10.0.1.1.
-    fn memory() -> Memory {
-        let mut m = Memory {
-            node_id: "m1".into(),
-            cluster_id: "c".into(),
-            ..Memory::default()
-        };
-        m.nodes.insert(
-            "m1".into(),
-            NodeMemory {
-                hostname: "m1".into(),
-                role: Role::Manager,
-                availability: "active".into(),
-                addr: "10.0.1.1".into(),
-                manager_addr: Some("10.0.1.1:2377".into()),
-                arch: "x86_64".into(),
-                agent: None,
-            },
-        );
-        m
-    }
-
-    /// A recoverer whose file does not exist (nothing here writes it).
-    fn recoverer(host: Arc<Recording>) -> Recoverer {
-        let path = std::env::temp_dir().join(format!(
-            "swarm-glue-no-such-recovery-{}.json",
-            std::process::id()
-        ));
-        Recoverer::new(path, 7950, host)
-    }
-
-    #[test]
-    fn a_lost_address_puts_quorum_in_doubt_and_an_unreadable_one_does_not() {
-        let host = Arc::new(Recording::new(&[ip("10.0.1.1")], 1_000));
-        let r = recoverer(host.clone());
-        assert!(!r.quorum_in_doubt(&memory()), "at its remembered address");
-        // getifaddrs failing says nothing about a move: the last reading stands.
-        host.set_addrs(Err(HostError("EMFILE".into())));
-        assert!(!r.quorum_in_doubt(&memory()), "unreadable is not moved");
-        host.set_addrs(Ok(vec![ip("10.0.2.1")]));
-        assert!(r.quorum_in_doubt(&memory()), "moved");
-        host.set_addrs(Err(HostError("EMFILE".into())));
-        assert!(r.quorum_in_doubt(&memory()), "still moved as last read");
-    }
-
-    #[test]
-    fn the_timeline_is_stamped_by_the_hosts_clock() {
-        let host = Arc::new(Recording::new(&[ip("10.0.1.1")], 5_000));
-        let mut r = recoverer(host.clone());
-        let mut lines = Vec::new();
-        r.timeline("first".into(), &mut lines);
-        host.advance_ms(1_500);
-        r.timeline("second".into(), &mut lines);
-        let stamps: Vec<u64> = r.file.timeline.iter().map(|(ms, _)| *ms).collect();
-        assert_eq!(stamps, [5_000, 6_500]);
-        assert_eq!(lines, ["first", "second"]);
-    }
-}
+mod scenarios;

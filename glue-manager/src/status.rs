@@ -26,7 +26,7 @@ pub struct StatusReport {
     pub nodes: BTreeMap<String, NodeReport>,
     /// The current or last recovery: phase, timings and timeline.
     #[serde(default)]
-    pub recovery: crate::recovery::RecoveryFile,
+    pub recovery: crate::progress::RecoveryFile,
     /// The latest errors, newest last: (unix time, message).
     pub errors: VecDeque<(u64, String)>,
     pub updated_at: u64,
@@ -211,7 +211,7 @@ fn pending_line(id: &str, n: &NodeReport, now: u64) -> String {
 }
 
 /// The current or last recovery: phase, timings, the newest timeline lines.
-fn render_recovery(s: &mut String, file: &crate::recovery::RecoveryFile) {
+fn render_recovery(s: &mut String, file: &crate::progress::RecoveryFile) {
     let rec = &file.recovery;
     if rec.started_ms.is_none() {
         return;
