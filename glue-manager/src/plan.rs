@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::memory::{Memory, Role};
 
+mod heartbeat;
+pub use heartbeat::{Heartbeat, Move as HeartbeatMove};
+
 /// What the swarm says, as far as this manager's Docker can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {

@@ -16,7 +16,7 @@ use crate::discovery::{ignored_interface, DiscoveryError, Event, Heard};
 use crate::host::Host;
 use crate::identity;
 use crate::memory::{Memory, Role};
-use crate::plan::{self, Action, AgentSeen, Health, Observation, Phase, Recovery};
+use crate::plan::{self, Action, AgentSeen, Health, HeartbeatMove, Observation, Phase, Recovery};
 use crate::ports::{Agents, Discovery, Peers, Ports, Readdressing, Store, Swarm, TellError};
 use crate::progress::RecoveryFile;
 use crate::readdress::{self, Outcome, ReaddressError};
@@ -72,22 +72,12 @@ pub struct Recoverer {
     not_now: String,
     /// This host's agent did not answer last round (said once).
     agent_silent: bool,
-    /// The dispatcher heartbeat may still be raised by a re-addressing
-    /// (a recovery ran, or this manager just started): looked at once the
-    /// recovery is over, or when only nodes Docker declared down hold the
-    /// clean-up back.
-    heartbeat_raised: bool,
-    /// This recovery raised it already (as soon as quorum was back).
-    heartbeat_held: bool,
-    /// The leader whose dispatcher last heard the raised period.
-    heartbeat_leader: String,
+    /// What this manager knows of the dispatcher heartbeat.
+    heartbeat: plan::Heartbeat,
     /// Nodes Docker does not see ready, from the daemon's last look.
     pub not_ready: BTreeSet<String>,
     /// Nodes Docker declared down, from the same look.
     pub down: BTreeSet<String>,
-    /// This clean-up put the heartbeat back already, only down nodes
-    /// holding it back.
-    put_back_for_down: bool,
 }
 
 /// What a proof stood on when it was made: the node's remembered address
@@ -264,12 +254,9 @@ impl Recoverer {
             candidates: BTreeMap::new(),
             warned: Default::default(),
             agent_silent: false,
-            heartbeat_raised: true,
-            heartbeat_held: false,
-            heartbeat_leader: String::new(),
+            heartbeat: plan::Heartbeat::default(),
             not_ready: BTreeSet::new(),
             down: BTreeSet::new(),
-            put_back_for_down: false,
             proven: BTreeMap::new(),
             proof_basis: BTreeMap::new(),
             agent_port,
@@ -614,19 +601,52 @@ impl Recoverer {
         self.readdressing = Some((name, task));
     }
 
-    /// Once a recovery is over, puts the dispatcher heartbeat back where it
-    /// was before re-addressing raised it (any manager may; the first one
-    /// does it, the others find no mark). Tried again next round on failure.
-    async fn heartbeat_back(&mut self, swarm: &dyn Swarm, why: &str, lines: &mut Vec<String>) {
-        let what = "putting the dispatcher heartbeat back";
-        if let Some(back) = bounded(what, swarm.release_heartbeat(readdress::HEARTBEAT)).await {
-            self.heartbeat_raised = false;
-            self.heartbeat_held = false;
-            if let Some(p) = back {
-                self.timeline(
-                    format!("dispatcher heartbeat back to {:.0}s{why}", p.as_secs_f64()),
-                    lines,
-                );
+    /// Carries out the heartbeat moves of [`plan::Heartbeat`]; a move that
+    /// fails is tried again next round (the planner asks for it again).
+    async fn heartbeat(
+        &mut self,
+        moves: Vec<HeartbeatMove>,
+        swarm: &dyn Swarm,
+        lines: &mut Vec<String>,
+    ) {
+        let hb = readdress::HEARTBEAT;
+        for m in moves {
+            match m {
+                HeartbeatMove::Raise { leader } => {
+                    let what = "raising the dispatcher heartbeat";
+                    let hold = swarm.hold_heartbeat(hb, self.host.now_ms());
+                    if let Some(held) = bounded(what, hold).await {
+                        self.heartbeat.held = true;
+                        self.heartbeat.told_leader = leader;
+                        if let Some(was) = held.raised_from {
+                            self.timeline(readdress::raised_line(was), lines);
+                        }
+                    }
+                }
+                HeartbeatMove::Retell { leader } => {
+                    let what = "setting the dispatcher heartbeat again";
+                    if let Some(changed) = bounded(what, swarm.retouch_heartbeat(hb)).await {
+                        if changed {
+                            tracing::info!("recovery: dispatcher heartbeat set again for the new leader {leader}");
+                        }
+                        self.heartbeat.told_leader = leader;
+                    }
+                }
+                HeartbeatMove::PutBack { why, for_down } => {
+                    let what = "putting the dispatcher heartbeat back";
+                    if let Some(back) = bounded(what, swarm.release_heartbeat(hb)).await {
+                        self.heartbeat.maybe_raised = false;
+                        self.heartbeat.held = false;
+                        self.heartbeat.back_for_down |= for_down;
+                        if let Some(p) = back {
+                            let line = format!(
+                                "dispatcher heartbeat back to {:.0}s{why}",
+                                p.as_secs_f64()
+                            );
+                            self.timeline(line, lines);
+                        }
+                    }
+                }
             }
         }
     }
@@ -673,13 +693,10 @@ impl Recoverer {
         self.drop_stale_proofs(memory, mine_moved);
         let healthy = matches!(health, Health::Healthy { .. });
         let peers_moved = self.peers_moved(memory);
-        if self.file.recovery.phase != Phase::Idle {
-            self.heartbeat_raised = true;
-        } else if let (true, true, Some(swarm)) = (self.heartbeat_raised, healthy, &swarm) {
-            self.heartbeat_back(swarm.as_ref(), "", &mut lines).await;
-        }
-        if self.file.recovery.phase != Phase::CleanUp {
-            self.put_back_for_down = false;
+        self.heartbeat.note_phase(self.file.recovery.phase);
+        let at_rest = self.heartbeat.at_rest(self.file.recovery.phase, &health);
+        if let (Some(m), Some(swarm)) = (at_rest, &swarm) {
+            self.heartbeat(vec![m], swarm.as_ref(), &mut lines).await;
         }
         if healthy && !mine_moved && !peers_moved && self.file.recovery.phase == Phase::Idle {
             return lines;
@@ -707,12 +724,14 @@ impl Recoverer {
             self.start_readdressing(memory, &obs, &p.next, swarm.as_ref(), batch);
         }
         let (held_by, waiting) = push_sets(self.agents.as_ref(), memory, &p, &pushes).await;
-        let swarm = swarm.as_ref();
-        self.heartbeat_for_the_down(memory, &p, &held_by, healthy, swarm, &mut lines)
-            .await;
         self.clean_up_waits(p.next.phase, waiting);
-        self.heartbeat_while_readdressing(&obs, p.next.phase, healthy, swarm, &mut lines)
-            .await;
+        if let Some(swarm) = &swarm {
+            let hostname = |n: &str| hostname_of(memory, n);
+            let moves =
+                self.heartbeat
+                    .moves(p.next.phase, &obs.health, &held_by, &self.down, hostname);
+            self.heartbeat(moves, swarm.as_ref(), &mut lines).await;
+        }
         if p.next != self.file.recovery {
             self.file.recovery = p.next;
             self.save();
@@ -893,88 +912,6 @@ impl Recoverer {
             targets: batch,
         };
         self.spawn_readdressing(name, swarm, work);
-    }
-
-    /// Only nodes Docker declared down hold the clean-up back: every other
-    /// node is clean, and a down node is past any grace. A node that stays
-    /// down (or is gone for good) must not keep the swarm at the raised
-    /// period, where a failure is noticed after 60 s, not 15 s.
-    async fn heartbeat_for_the_down(
-        &mut self,
-        memory: &Memory,
-        p: &plan::Plan,
-        held_by: &BTreeSet<String>,
-        healthy: bool,
-        swarm: Option<&Arc<dyn Swarm>>,
-        lines: &mut Vec<String>,
-    ) {
-        let only_down = !held_by.is_empty() && held_by.iter().all(|n| self.down.contains(n));
-        if let (Phase::CleanUp, true, false, true, Some(swarm)) = (
-            p.next.phase,
-            only_down,
-            self.put_back_for_down,
-            healthy,
-            swarm,
-        ) {
-            let names: Vec<String> = held_by.iter().map(|n| hostname_of(memory, n)).collect();
-            let why = format!(" (clean-up waits only for {}, down)", names.join(", "));
-            self.heartbeat_back(swarm.as_ref(), &why, lines).await;
-            self.put_back_for_down = !self.heartbeat_raised;
-        }
-    }
-
-    /// Raised as soon as quorum is back: a node that cannot reach a manager
-    /// keeps the grace it had at its last heartbeat, so the longer one must
-    /// be known to every node before re-addressing silences any of them.
-    /// Any manager may; the first one does it. Put back before the recovery
-    /// is said to be over.
-    async fn heartbeat_while_readdressing(
-        &mut self,
-        obs: &Observation,
-        phase: Phase,
-        healthy: bool,
-        swarm: Option<&Arc<dyn Swarm>>,
-        lines: &mut Vec<String>,
-    ) {
-        let Some(swarm) = swarm else {
-            return;
-        };
-        let leader = match &obs.health {
-            Health::Healthy { leader, .. } => leader.clone(),
-            _ => String::new(),
-        };
-        if let (Phase::Readdress | Phase::CleanUp, true, false) = (
-            phase,
-            self.heartbeat_held,
-            leader.is_empty() || leader == self.heartbeat_leader,
-        ) {
-            // A new leader's dispatcher runs at Docker's default until the
-            // period changes (read in swarmkit's `Dispatcher.Run`).
-            let what = "setting the dispatcher heartbeat again";
-            let retouch = swarm.retouch_heartbeat(readdress::HEARTBEAT);
-            if let Some(changed) = bounded(what, retouch).await {
-                if changed {
-                    tracing::info!(
-                        "recovery: dispatcher heartbeat set again for the new leader {leader}"
-                    );
-                }
-                self.heartbeat_leader = leader.clone();
-            }
-        }
-        if let (Phase::Readdress, false, true) = (phase, self.heartbeat_held, healthy) {
-            let what = "raising the dispatcher heartbeat";
-            let hold = swarm.hold_heartbeat(readdress::HEARTBEAT, self.host.now_ms());
-            if let Some(held) = bounded(what, hold).await {
-                self.heartbeat_held = true;
-                self.heartbeat_leader = leader.clone();
-                if let Some(was) = held.raised_from {
-                    self.timeline(readdress::raised_line(was), lines);
-                }
-            }
-        }
-        if let (Phase::Idle, true, true) = (phase, self.heartbeat_raised, healthy) {
-            self.heartbeat_back(swarm.as_ref(), "", lines).await;
-        }
     }
 
     /// The addresses this host's own agent rewrites now; an error (naming
