@@ -27,7 +27,7 @@ unit:
 	$(CARGO) test --workspace --lib --bins
 
 agent-tests:
-	$(CARGO) test -p glue-node-agent --tests
+	$(CARGO) test -p glue-protocol -p glue-node-agent --tests
 
 ## The agent's command decoder under libFuzzer, for a bounded time.
 FUZZ_SECONDS ?= 60

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use glue_node_agent::protocol::{
+use glue_protocol::{
     AgentStatus, Command, CommandBody, Outcome, PublicKey, Reply, SigningKey, TrustSet,
     MAX_ENVELOPE_BYTES, VERSION,
 };

@@ -58,7 +58,7 @@ impl Default for Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/lib/swarm-glue")),
             docker_socket: PathBuf::from("/var/run/docker.sock"),
-            agent_port: glue_node_agent::config::DEFAULT_PORT,
+            agent_port: glue_protocol::DEFAULT_AGENT_PORT,
             agent_dir: PathBuf::from("/usr/lib/swarm-glue/agents"),
             key_job_image: format!("swarm-glue:{}", env!("CARGO_PKG_VERSION")),
             ssh: PathBuf::from("ssh"),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use glue_node_agent::server::unix_now;
+use glue_protocol::clock::unix_now;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
@@ -24,7 +24,7 @@ use crate::ports::{Live, Ports, Signed, StateFile, Swarm, Tls};
 use crate::recovery::Recoverer;
 use crate::ssh::Ssh;
 use crate::status::StatusReport;
-use glue_node_agent::protocol::{KeyError, SigningKey};
+use glue_protocol::{KeyError, SigningKey};
 
 /// Longest a look at Docker, or a round of recovery, may take.
 const LOOK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -68,7 +68,7 @@ pub struct Daemon {
     memory: Memory,
     report: StatusReport,
     written_report: Option<StatusReport>,
-    signing: glue_node_agent::protocol::SigningKey,
+    signing: glue_protocol::SigningKey,
     seq: Arc<Sequence>,
     recoverer: Recoverer,
     /// What mDNS hears, for the recoverer.
@@ -148,7 +148,7 @@ impl Daemon {
         let store = MemoryStore::new(cfg.memory_path());
         let mut report = StatusReport {
             pid: std::process::id(),
-            version: glue_node_agent::VERSION.to_string(),
+            version: glue_protocol::PROGRAM_VERSION.to_string(),
             state: "starting".into(),
             signing_key: signing.public().to_base64(),
             ..StatusReport::default()
@@ -538,7 +538,7 @@ impl Daemon {
     fn make_ctx(&mut self, docker: DockerApi, manager_id: &str) -> Result<Ctx, KeyError> {
         Ok(Ctx {
             manager_id: manager_id.to_string(),
-            signing: glue_node_agent::protocol::SigningKey::from_pkcs8(self.signing.pkcs8())?,
+            signing: glue_protocol::SigningKey::from_pkcs8(self.signing.pkcs8())?,
             seq: self.seq.clone(),
             ssh: self.ssh.clone(),
             docker,
@@ -745,7 +745,7 @@ impl Daemon {
         }
         self.report.updated_at = unix_now();
         let bytes = serde_json::to_vec_pretty(&self.report).unwrap_or_default();
-        if let Err(e) = glue_node_agent::state::write_atomic(&self.cfg.status_path(), &bytes) {
+        if let Err(e) = glue_protocol::files::write_atomic(&self.cfg.status_path(), &bytes) {
             tracing::warn!("cannot write {}: {e}", self.cfg.status_path().display());
         }
         self.written_report = Some(self.report.clone());

@@ -21,7 +21,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::Stream;
-use glue_node_agent::protocol::PublicKey;
+use glue_protocol::PublicKey;
 
 use crate::memory::{ManagerKeys, Role};
 

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glue_node_agent::protocol::{CommandBody, PublicKey, SigningKey};
-use glue_node_agent::server::unix_now;
+use glue_protocol::clock::unix_now;
+use glue_protocol::{CommandBody, PublicKey, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{self, AgentError, Issuer};

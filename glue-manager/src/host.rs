@@ -50,12 +50,7 @@ impl Host for System {
     }
 }
 
-/// Unix time in milliseconds from the system clock (0 before 1970).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use glue_protocol::clock::unix_ms;
 
 /// A host for tests: the addresses (or the failure) the test sets, and a
 /// clock that moves only when told.

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use base64::Engine as _;
-use glue_node_agent::agent::trust_file_contents;
-use glue_node_agent::protocol::PublicKey;
+use glue_protocol::trust_file_contents;
+use glue_protocol::PublicKey;
 use ring::digest;
 
 pub const PACKAGED_BIN: &str = "/usr/bin/glue-node-agent";
@@ -21,7 +21,7 @@ const UNIT_TEMPLATE: &str = include_str!("../../systemd/glue-node-agent.service"
 
 /// The agent version this manager installs (both are built together).
 pub fn agent_version() -> String {
-    format!("glue-node-agent {}", glue_node_agent::VERSION)
+    format!("glue-node-agent {}", glue_protocol::PROGRAM_VERSION)
 }
 
 /// Reports, one fact a line, what the node has. Read-only.
@@ -276,7 +276,7 @@ pub fn install_script(plan: &InstallPlan, manager: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use glue_node_agent::protocol::SigningKey;
+    use glue_protocol::SigningKey;
 
     fn key() -> PublicKey {
         SigningKey::generate().expect("key").public()

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use glue_node_agent::protocol::SigningKey;
-use glue_node_agent::state::write_atomic;
+use glue_protocol::files::write_atomic;
+use glue_protocol::SigningKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

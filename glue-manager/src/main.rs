@@ -11,7 +11,7 @@ use glue_manager::status::{self, StatusReport};
 
 #[derive(Parser)]
 #[command(
-    version = glue_node_agent::VERSION,
+    version = glue_protocol::PROGRAM_VERSION,
     about = "Keeps a Docker Swarm alive when its hosts move to another network",
     after_help = config::OPTIONS_HELP
 )]
@@ -70,9 +70,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
-    glue_node_agent::logging::init();
+    glue_protocol::logging::init();
     tracing::info!(
-        version = glue_node_agent::VERSION,
+        version = glue_protocol::PROGRAM_VERSION,
         "glue-manager starting (state in {})",
         cfg.state_dir.display()
     );
@@ -105,7 +105,7 @@ fn show_status(cfg: &Config, json: bool) -> anyhow::Result<()> {
             memory.as_ref(),
             report.as_ref(),
             running,
-            glue_node_agent::server::unix_now()
+            glue_protocol::clock::unix_now()
         )
     );
     Ok(())

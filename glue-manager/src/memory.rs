@@ -7,8 +7,8 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use glue_node_agent::protocol::PublicKey;
-use glue_node_agent::state::write_atomic;
+use glue_protocol::files::write_atomic;
+use glue_protocol::PublicKey;
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: u32 = 1;
@@ -128,7 +128,7 @@ impl MemoryStore {
         };
         let aside = self
             .path
-            .with_extension(format!("corrupt-{}", glue_node_agent::server::unix_now()));
+            .with_extension(format!("corrupt-{}", glue_protocol::clock::unix_now()));
         fs::rename(&self.path, &aside)
             .map_err(|e| err(format!("{why}; moving it aside failed: {e}")))?;
         Ok((Memory::default(), Loaded::CorruptMovedTo(aside, why)))

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
-use glue_node_agent::protocol::{DockerdAddrs, Rewrite};
+use glue_protocol::{DockerdAddrs, Rewrite};
 use serde::{Deserialize, Serialize};
 
 use crate::memory::{Memory, Role};

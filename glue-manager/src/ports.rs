@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use glue_node_agent::protocol::{AgentStatus, CommandBody, SigningKey};
+use glue_protocol::{AgentStatus, CommandBody, SigningKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -147,7 +147,7 @@ pub enum StoreError {
     #[error("encoding the recovery state: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("saving the recovery state: {0}")]
-    Write(#[from] glue_node_agent::state::StateError),
+    Write(#[from] glue_protocol::files::WriteError),
 }
 
 const RAFT_PORT: u16 = 2377;
@@ -299,7 +299,7 @@ impl Store for StateFile {
 
     fn save(&self, file: &RecoveryFile) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(file)?;
-        Ok(glue_node_agent::state::write_atomic(&self.path, &bytes)?)
+        Ok(glue_protocol::files::write_atomic(&self.path, &bytes)?)
     }
 }
 

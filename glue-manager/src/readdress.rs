@@ -890,10 +890,7 @@ pub fn restart_in_place_script(
 ) -> String {
     let old: Vec<String> = map.keys().map(Ipv4Addr::to_string).collect();
     let (gossip, fields) = match stale {
-        Stale::AnyAddress => (
-            "${info#* }",
-            glue_node_agent::dockerd::STATE_FIELDS.join("|"),
-        ),
+        Stale::AnyAddress => ("${info#* }", glue_protocol::STATE_FIELDS.join("|")),
         Stale::PinnedListener => ("", "ListenAddr".to_string()),
     };
     format!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use glue_node_agent::protocol::{AgentStatus, CommandBody, Rewrite};
+use glue_protocol::{AgentStatus, CommandBody, Rewrite};
 use tokio::sync::mpsc;
 
 use crate::discovery::{ignored_interface, DiscoveryError, Event, Heard};

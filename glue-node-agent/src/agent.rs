@@ -592,7 +592,4 @@ pub fn load_trust_dir(dir: &Path) -> (TrustSet, Vec<String>) {
     (TrustSet::new(keys), problems)
 }
 
-/// The file a manager's key is written to in an agent's trust directory.
-pub fn trust_file_contents(key: &PublicKey, comment: &str) -> String {
-    format!("ed25519 {key} {comment}\n")
-}
+pub use glue_protocol::trust_file_contents;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::rules::Ports;
 
 pub const DEFAULT_PATH: &str = "/etc/swarm-glue/agent.toml";
-pub const DEFAULT_PORT: u16 = 7950;
+pub use glue_protocol::DEFAULT_AGENT_PORT as DEFAULT_PORT;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use crate::protocol::DockerdAddrs;
 
-/// The fields of `docker-state.json` that name this node's own addresses.
-pub const STATE_FIELDS: [&str; 4] = ["AdvertiseAddr", "DataPathAddr", "ListenAddr", "LocalAddr"];
+pub use glue_protocol::STATE_FIELDS;
 /// `GET /info` may take this long before the reading says dockerd did not answer.
 const INFO_TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest answer read from dockerd.

@@ -3,9 +3,7 @@
 //! restart too). Written atomically: temporary file, fsync, rename, fsync dir.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +38,8 @@ pub enum StateError {
     },
     #[error("{path} is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error(transparent)]
+    Write(#[from] glue_protocol::files::WriteError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -109,34 +109,12 @@ impl StateStore {
     }
 
     pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
-        write_atomic(
-            &self.path,
-            &serde_json::to_vec_pretty(state).unwrap_or_default(),
-        )
+        let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+        Ok(write_atomic(&self.path, &bytes)?)
     }
 }
 
-/// Writes a file so that a crash leaves either the old or the new contents:
-/// temporary file (0600), fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(())
-}
+pub use glue_protocol::files::write_atomic;
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use glue_node_agent::protocol::{AgentStatus, CommandBody, DockerdAddrs, Rewrite};
+use glue_protocol::{AgentStatus, CommandBody, DockerdAddrs, Rewrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

@@ -11,7 +11,7 @@ use crate::ports::recording::{
     describe, RecordingAgents, RecordingDiscovery, RecordingPeers, RecordingStore, RecordingSwarm,
     Script,
 };
-use glue_node_agent::protocol::{DockerdAddrs, SigningKey};
+use glue_protocol::{DockerdAddrs, SigningKey};
 use std::sync::atomic::Ordering;
 
 const OLD: u8 = 1;

@@ -1,7 +1,7 @@
 //! Keeps docs/protocol.md honest: its refusal codes and command types are the
 //! code's, and its examples parse as the code's types.
 
-use glue_node_agent::protocol::{Command, RefusalCode, Reply, MAX_ENVELOPE_BYTES};
+use glue_protocol::{Command, RefusalCode, Reply, MAX_ENVELOPE_BYTES};
 
 fn doc() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
@@ -53,7 +53,7 @@ fn the_documented_command_types_are_the_ones_the_agent_knows() {
     let documented = table_after(&doc(), "Command types");
     assert_eq!(documented, vec!["set_rewrites", "status"]);
     for t in documented {
-        let body: glue_node_agent::protocol::CommandBody =
+        let body: glue_protocol::CommandBody =
             serde_json::from_str(&format!(r#"{{"type":"{t}","generation":1,"rewrites":[]}}"#))
                 .or_else(|_| serde_json::from_str(&format!(r#"{{"type":"{t}"}}"#)))
                 .expect("parses");
