@@ -76,13 +76,8 @@ impl Default for Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] glue_protocol::config::ConfigError),
     #[error("{path}: {source}")]
     Invalid {
         path: PathBuf,
@@ -102,22 +97,7 @@ pub enum InvalidSetting {
 impl Config {
     /// Reads the file; a missing file at the default path means all defaults.
     pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                return Ok(Config::default())
-            }
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let cfg: Config = glue_protocol::config::load(path, explicit)?;
         cfg.check().map_err(|source| ConfigError::Invalid {
             path: path.to_path_buf(),
             source,

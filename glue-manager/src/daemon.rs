@@ -744,9 +744,14 @@ impl Daemon {
             return;
         }
         self.report.updated_at = unix_now();
-        let bytes = serde_json::to_vec_pretty(&self.report).unwrap_or_default();
-        if let Err(e) = glue_protocol::files::write_atomic(&self.cfg.status_path(), &bytes) {
-            tracing::warn!("cannot write {}: {e}", self.cfg.status_path().display());
+        let path = self.cfg.status_path();
+        match serde_json::to_vec_pretty(&self.report) {
+            Ok(bytes) => {
+                if let Err(e) = glue_protocol::files::write_atomic(&path, &bytes) {
+                    tracing::warn!("cannot write {}: {e}", path.display());
+                }
+            }
+            Err(e) => tracing::warn!("cannot encode the status report: {e}"),
         }
         self.written_report = Some(self.report.clone());
     }

@@ -184,7 +184,11 @@ impl Agent {
     }
 
     fn state(&self) -> AgentState {
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+        // A panic under the lock left the state as it was: still the truth.
+        let state = self.state.lock();
+        state
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn status(&self) -> AgentStatus {

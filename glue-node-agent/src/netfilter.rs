@@ -95,7 +95,10 @@ pub struct Recording {
 
 impl Netfilter for Recording {
     fn nat_rules(&self) -> Result<String, NetfilterError> {
-        Ok(self.state.lock().map(|s| s.clone()).unwrap_or_default())
+        let state = self.state.lock();
+        Ok(state
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone())
     }
 
     fn restore(&self, batch: &str) -> Result<(), NetfilterError> {

@@ -109,7 +109,10 @@ impl StateStore {
     }
 
     pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Corrupt {
+            path: self.path.clone(),
+            message: format!("the state cannot be encoded: {e}"),
+        })?;
         Ok(write_atomic(&self.path, &bytes)?)
     }
 }

@@ -6,6 +6,7 @@ mod protocol;
 pub use protocol::*;
 
 pub mod clock;
+pub mod config;
 pub mod files;
 pub mod logging;
 
