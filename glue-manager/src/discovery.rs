@@ -389,10 +389,6 @@ impl Avahi {
         avahi_owner(&self.conn).await.ok()
     }
 
-    pub fn connection(&self) -> &zbus::Connection {
-        &self.conn
-    }
-
     /// Publishes `name` with the announcement; returns a stream of what
     /// becomes of it. Dropping the group's proxy does not withdraw it; call
     /// [`Avahi::withdraw`].

@@ -92,7 +92,6 @@ pub struct NodeView {
 /// What this Docker daemon says about the swarm it is part of.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub api_version: String,
     pub node_id: String,
     pub local_state: String,
     pub cluster_id: String,
@@ -145,7 +144,6 @@ impl DockerApi {
             })?,
             Err(_) => {
                 return Ok(Snapshot {
-                    api_version: self.api_version.clone(),
                     node_id: String::new(),
                     local_state: "active".into(),
                     cluster_id: String::new(),
@@ -158,7 +156,6 @@ impl DockerApi {
         };
         let swarm = info.swarm.unwrap_or_default();
         let mut snap = Snapshot {
-            api_version: self.api_version.clone(),
             node_id: swarm.node_id.unwrap_or_default(),
             local_state: swarm
                 .local_node_state

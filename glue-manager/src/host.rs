@@ -3,8 +3,6 @@
 //! real one stays a thin call to getifaddrs and the system clock.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 /// Why this host's addresses could not be read. Never read as "no
 /// addresses": that would look like a move.
@@ -51,45 +49,6 @@ impl Host for System {
 }
 
 pub use glue_protocol::clock::unix_ms;
-
-/// A host for tests: the addresses (or the failure) the test sets, and a
-/// clock that moves only when told.
-pub struct Recording {
-    addrs: Mutex<Result<Vec<Ipv4Addr>, HostError>>,
-    now_ms: AtomicU64,
-}
-
-impl Recording {
-    pub fn new(addrs: &[Ipv4Addr], now_ms: u64) -> Recording {
-        Recording {
-            addrs: Mutex::new(Ok(addrs.to_vec())),
-            now_ms: AtomicU64::new(now_ms),
-        }
-    }
-
-    pub fn set_addrs(&self, addrs: Result<Vec<Ipv4Addr>, HostError>) {
-        if let Ok(mut a) = self.addrs.lock() {
-            *a = addrs;
-        }
-    }
-
-    pub fn advance_ms(&self, ms: u64) {
-        self.now_ms.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Host for Recording {
-    fn addrs(&self) -> Result<Vec<Ipv4Addr>, HostError> {
-        self.addrs
-            .lock()
-            .map_err(|_| HostError("test host lock poisoned".into()))?
-            .clone()
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.now_ms.load(Ordering::SeqCst)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! recording ones in [`recording`] let tests drive whole recoveries in
 //! milliseconds, without root.
 
+#[cfg(test)]
 pub mod recording;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -306,14 +307,14 @@ impl Store for StateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::Recording;
+    use crate::ports::recording::RecordingHost;
 
     fn state_file(name: &str) -> (StateFile, PathBuf) {
         let dir =
             std::env::temp_dir().join(format!("swarm-glue-ports-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let host = Arc::new(Recording::new(&[], 1_700_000_000_000));
+        let host = Arc::new(RecordingHost::new(&[], 1_700_000_000_000));
         let path = dir.join("recovery.json");
         (StateFile { path, host }, dir)
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use super::{Agents, Discovery, Peers, Readdressing, Store, StoreError, Swarm, Te
 use crate::agent_client::AgentError;
 use crate::discovery::DiscoveryError;
 use crate::docker::{DockerError, Held};
+use crate::host::{Host, HostError};
 use crate::identity::{Expected, IdentityError};
 use crate::memory::Memory;
 use crate::progress::RecoveryFile;
@@ -315,10 +316,6 @@ impl RecordingAgents {
     pub fn told(&self) -> Vec<(String, SocketAddr, &'static str)> {
         lock(&self.told).clone()
     }
-
-    pub fn forget_told(&self) {
-        lock(&self.told).clear();
-    }
 }
 
 /// A set-rewrites the agent takes: it supersedes the set in force and names it.
@@ -420,5 +417,44 @@ impl Store for Arc<RecordingStore> {
         self.saves.fetch_add(1, Ordering::SeqCst);
         *lock(&self.file) = file.clone();
         Ok(())
+    }
+}
+
+/// A host for tests: the addresses (or the failure) the test sets, and a
+/// clock that moves only when told.
+pub struct RecordingHost {
+    addrs: Mutex<Result<Vec<Ipv4Addr>, HostError>>,
+    now_ms: AtomicU64,
+}
+
+impl RecordingHost {
+    pub fn new(addrs: &[Ipv4Addr], now_ms: u64) -> RecordingHost {
+        RecordingHost {
+            addrs: Mutex::new(Ok(addrs.to_vec())),
+            now_ms: AtomicU64::new(now_ms),
+        }
+    }
+
+    pub fn set_addrs(&self, addrs: Result<Vec<Ipv4Addr>, HostError>) {
+        if let Ok(mut a) = self.addrs.lock() {
+            *a = addrs;
+        }
+    }
+
+    pub fn advance_ms(&self, ms: u64) {
+        self.now_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Host for RecordingHost {
+    fn addrs(&self) -> Result<Vec<Ipv4Addr>, HostError> {
+        self.addrs
+            .lock()
+            .map_err(|_| HostError("test host lock poisoned".into()))?
+            .clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_ms.load(Ordering::SeqCst)
     }
 }

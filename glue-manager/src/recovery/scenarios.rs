@@ -5,8 +5,9 @@
 //! starts the way the real ones end.
 
 use super::*;
-use crate::host::{HostError, Recording};
+use crate::host::HostError;
 use crate::memory::{NodeMemory, PinnedAgent};
+use crate::ports::recording::RecordingHost;
 use crate::ports::recording::{
     describe, RecordingAgents, RecordingDiscovery, RecordingPeers, RecordingStore, RecordingSwarm,
     Script,
@@ -34,7 +35,7 @@ fn holding(addr: Ipv4Addr) -> DockerdAddrs {
 /// A swarm of managers m1.. and workers w1.. on 10.0.1.0/24 (host numbers
 /// in that order), seen from m1, with every agent pinned and answering.
 struct World {
-    host: Arc<Recording>,
+    host: Arc<RecordingHost>,
     discovery: Arc<RecordingDiscovery>,
     peers: Arc<RecordingPeers>,
     agents: Arc<RecordingAgents>,
@@ -67,7 +68,7 @@ impl World {
             .map(|i| (format!("m{i}"), Role::Manager))
             .chain((1..=workers).map(|i| (format!("w{i}"), Role::Worker)));
         let mut w = World {
-            host: Arc::new(Recording::new(&[at(OLD, 1)], 1_000_000)),
+            host: Arc::new(RecordingHost::new(&[at(OLD, 1)], 1_000_000)),
             discovery: Arc::default(),
             peers: Arc::default(),
             agents: Arc::default(),
