@@ -359,10 +359,9 @@ impl DockerApi {
                 .and_then(|e| e.parse().ok())
                 .unwrap_or(0);
             // A lease in this holder's own name is what an earlier attempt
-            // could not release (measured: the release failed with "node
-            // lost leader" and the re-addressing then waited out its own
-            // 300 s lease). A manager runs one task per purpose at a time,
-            // so it is a leftover: taken over like an expired one.
+            // could not release ("node lost leader"): a manager runs one
+            // task per purpose at a time, so it is a leftover, taken over
+            // like an expired one rather than waited out.
             if expires > now && by != holder {
                 return Ok(Err(LockHeld::By {
                     holder: by,

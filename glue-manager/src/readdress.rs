@@ -37,23 +37,20 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(500);
 const SSH_TIMEOUT: Duration = Duration::from_secs(20);
 /// The restart step: stopping dockerd (it stops its containers with their
-/// grace period) and waiting up to 60 s for it to be back in the swarm; a
-/// dockerd restart took 4–19 s on a busy 7-node lab, so 20 s was too short.
+/// grace period) and waiting for it to be back in the swarm (4–19 s
+/// measured on a busy 7-node lab).
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a coordinator waits for an unreachable manager to become
-/// reachable before demoting it anyway: its own restart (to listen at its
-/// new address) took 8.6 s in one lab run and 85.6 s in another.
+/// reachable before demoting it anyway: its own restart, to listen at its
+/// new address, may be slow (8.6–85.6 s measured).
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(120);
 
 /// The dispatcher heartbeat period while managers are re-addressed. Docker
 /// declares a node down after three periods without a heartbeat (15 s by
-/// default) and then replaces its tasks, on a worker too. A re-addressing
-/// makes nodes silent for that long: a dockerd restart took up to 27 s,
-/// and a node whose manager went away must find another one (measured: a
-/// worker's task replaced in place in a 5-manager run; a worker whose
-/// dockerd was frozen was marked down after 12 s at the default and not in
-/// 50 s at 20 s). 20 s gives 60 s; a node silent at a leader change still
-/// has Docker's fixed 30 s. Put back once the recovery is over.
+/// default) and replaces its tasks; a re-addressing can silence a node
+/// that long (docs/recovery.md, "Why the heartbeat is raised"). 20 s gives
+/// 60 s; a node silent at a leader change still has Docker's fixed 30 s.
+/// Put back once the recovery is over.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
 
 /// The timeline line of whoever raised the heartbeat.
@@ -343,8 +340,8 @@ async fn demote(
 ///
 /// The leader removes a demoted member from raft only while the members
 /// left are a quorum of *active* ones, retrying quietly; `Reachability`
-/// may still say reachable for a manager whose raft link is down (a
-/// demotion begun then never ended in one lab run).
+/// may still say reachable for a manager whose raft link is down (then a
+/// demotion begins and never ends).
 async fn managers_blind_to_the_leader(
     env: &Env,
     t: &Target,

@@ -22,15 +22,10 @@ use crate::progress::RecoveryFile;
 use crate::readdress::{self, Outcome, ReaddressError};
 
 /// How long a round waits for Avahi to resolve a worker's name. A worker
-/// that did not move is not on the managers' new link and is never
-/// resolved; every round waits this long for it before reading its agent
-/// where it was. It was 3 s: in a lab run where only the managers moved,
-/// the first pushes reached the workers 6.6 s after the move, 3 s of it
-/// this wait, and the leader declared a worker down 13.5 s after its last
-/// heartbeat (its dockerd had tried an old address before the rules came)
-/// and replaced its task. How fast a host on the link answers was not
-/// measured; one that misses this wait is read where it was, and the next
-/// round (2 s) asks again.
+/// that did not move is never resolved, and every round waits this long
+/// before reading its agent where it was: short, or the rules reach the
+/// workers too late (docs/recovery.md, "Measured: behind the constants").
+/// One that misses it is read where it was; the next round asks again.
 const WORKER_RESOLVE: Duration = Duration::from_millis(800);
 /// How long a round waits for Avahi to resolve a manager's name.
 const MANAGER_RESOLVE: Duration = Duration::from_secs(2);
@@ -89,12 +84,9 @@ struct Basis {
 }
 
 /// Proofs that no longer hold: made before Docker recorded the node at
-/// another address than the proven one, or before this host moved. Seen in
-/// a benchmark run: a manager kept a peer proven at its old address from
-/// before the move (the proof is never made again while it stands), and
-/// once Docker recorded the peer's new address, that stale proof made a
-/// rule from the new address back to the dead old one, pushed to every
-/// node: the peer was cut off and quorum was lost.
+/// another address than the proven one, or before this host moved. A proof
+/// is never made again while it stands, so a stale one would turn into a
+/// rule from the peer's new address back to its dead old one (docs/recovery.md, "Measured: behind the constants").
 fn stale_proofs(
     proven: &BTreeMap<String, Ipv4Addr>,
     basis: &BTreeMap<String, Basis>,
@@ -663,8 +655,7 @@ impl Recoverer {
     }
 
     /// Says in the timeline why re-addressing waits, once per reason: a
-    /// wait is where a slow recovery's time goes (a bench run sat 49 s with
-    /// the reason in the journal only).
+    /// wait is where a slow recovery's time goes.
     fn held(&mut self, why: String, lines: &mut Vec<String>) {
         if why != self.not_now {
             self.not_now = why.clone();

@@ -1,9 +1,7 @@
 //! Runs a helper program (`iptables-restore`, `ss`, `conntrack`) with a time
 //! limit: one that hangs is killed and reported, instead of holding the
 //! agent's apply lock, and with it every later set, for as long as it hangs.
-//! No hang was measured: a set on a busy lab manager left no log line while
-//! that node stayed cut off for a minute, and whether a helper hung was not
-//! recorded. The limit makes sure it cannot be that.
+//! (No hang was measured; the limit makes sure one cannot cut a node off.)
 
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};

@@ -103,17 +103,11 @@ pub fn reset_after_change(
     olds: impl IntoIterator<Item = Ipv4Addr>,
 ) -> Vec<ResetError> {
     let olds: Vec<Ipv4Addr> = olds.into_iter().collect();
-    // Flows first, sockets second. The other way round, a program whose
-    // socket was killed connected again at once, through the new rule, and
-    // the flow deletion then took that fresh flow's translation away: the
-    // new host's answer no longer matched any socket here and was reset,
-    // and the client, waiting for it, noticed only 15 s later. Seen in a
-    // 5-manager lab run: a manager's raft connection to the leader, opened
-    // during the agent's apply (20 ms after it began), reset at the leader
-    // 48 ms later,
-    // so that manager saw no leader for 15 s and a worker that chose it for
-    // its session was declared down. A socket opened between the two steps
-    // now is killed too, and its program is told at once.
+    // Flows first, sockets second: the other way round, a program
+    // reconnecting at once through the new rule had that fresh flow's
+    // translation deleted under it, and noticed only 15 s later
+    // (docs/recovery.md, "Measured: behind the constants"). A socket opened between
+    // the two steps is killed too, and its program is told at once.
     let mut errors = r.forget_flows_to(&olds);
     if let Err(e) = r.kill_sockets_to(&olds) {
         errors.push(e);
