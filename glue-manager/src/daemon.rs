@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::discovery::Event;
 use crate::docker::{DockerApi, Snapshot};
 use crate::enrol::NodeState;
-use crate::enrol::{self, Ctx, Done, Failure, Job};
+use crate::enrol::{self, Confirmed, Enrolment, Failure, Hands};
 use crate::host::{Host, System};
 use crate::keys::{self, Sequence};
 use crate::mdns::Mdns;
@@ -35,7 +35,7 @@ const RECOVERY_ROUND: Duration = Duration::from_secs(2);
 /// Nodes enrolled at the same time.
 const PARALLEL_ENROLMENTS: usize = 4;
 
-type Outcome = (String, Result<Done, Failure>);
+type Enrolled = (String, Result<Confirmed, Failure>);
 
 type Events = Pin<
     Box<dyn Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> + Send>,
@@ -80,11 +80,11 @@ pub struct Daemon {
     ssh: Ssh,
     ssh_pub: String,
     docker: Option<DockerApi>,
-    ctx: Option<Arc<Ctx>>,
+    hands: Option<Arc<Hands>>,
     events: Option<Events>,
     tracks: BTreeMap<String, Track>,
     pins: BTreeMap<String, PinnedAgent>,
-    results: (mpsc::Sender<Outcome>, mpsc::Receiver<Outcome>),
+    results: (mpsc::Sender<Enrolled>, mpsc::Receiver<Enrolled>),
     slots: Arc<Semaphore>,
     ready: bool,
     registered: bool,
@@ -195,7 +195,7 @@ impl Daemon {
             ssh,
             ssh_pub,
             docker: None,
-            ctx: None,
+            hands: None,
             events: None,
             tracks: BTreeMap::new(),
             pins,
@@ -236,7 +236,7 @@ impl Daemon {
                 _ = recover_tick.tick() => recover = true,
                 _ = readdress_done.notified() => recover = true,
                 Some(heard) = self.heard.recv() => {
-                    recover = self.recoverer.heard(&self.memory, heard);
+                    recover = self.recoverer.hear(&self.memory, heard);
                 }
                 Some((node, result)) = self.results.1.recv() => {
                     self.finished(node, result);
@@ -255,7 +255,7 @@ impl Daemon {
                 recover = false;
             }
             if look {
-                self.look_bounded().await;
+                self.look_at_docker_bounded().await;
                 look_at = tokio::time::Instant::now() + self.next_due();
             }
             alive.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
@@ -272,8 +272,8 @@ impl Daemon {
 
     /// A look at Docker, bounded: a swarm without quorum can leave writes
     /// hanging; that says the swarm is stuck, not that Docker is gone.
-    async fn look_bounded(&mut self) {
-        if tokio::time::timeout(LOOK_TIMEOUT, self.look())
+    async fn look_at_docker_bounded(&mut self) {
+        if tokio::time::timeout(LOOK_TIMEOUT, self.look_at_docker())
             .await
             .is_err()
         {
@@ -371,8 +371,8 @@ impl Daemon {
 
     /// The swarm as the recovery acts on it, while Docker answers.
     fn swarm(&self) -> Option<Arc<dyn Swarm>> {
-        let ctx = self.ctx.clone()?;
-        Some(Arc::new(Live(ctx)))
+        let hands = self.hands.clone()?;
+        Some(Arc::new(Live(hands)))
     }
 
     fn lost_docker(&mut self, why: String) {
@@ -380,7 +380,7 @@ impl Daemon {
             self.error(format!("lost Docker: {why}"));
         }
         self.events = None;
-        self.ctx = None;
+        self.hands = None;
         self.health = Health::DockerDown;
         self.registered = false;
     }
@@ -408,7 +408,7 @@ impl Daemon {
     }
 
     /// Observes the swarm and starts what is due.
-    async fn look(&mut self) {
+    async fn look_at_docker(&mut self) {
         if self.docker.is_none() && !self.connect().await {
             return;
         }
@@ -509,14 +509,14 @@ impl Daemon {
             // re-addressed stays a manager in it; enrolments wait.
             self.report.managers = registry.keys().cloned().collect();
             self.remember(snap, &registry, true);
-            if self.ctx.is_none() {
-                self.ctx = Some(Arc::new(self.make_ctx(docker.clone(), &snap.node_id)?));
+            if self.hands.is_none() {
+                self.hands = Some(Arc::new(self.make_hands(docker.clone(), &snap.node_id)?));
             }
             return Ok(());
         }
         self.remember(snap, &registry, false);
-        if self.ctx.is_none() {
-            self.ctx = Some(Arc::new(self.make_ctx(docker.clone(), &snap.node_id)?));
+        if self.hands.is_none() {
+            self.hands = Some(Arc::new(self.make_hands(docker.clone(), &snap.node_id)?));
         }
         self.report.managers = registry.keys().cloned().collect();
         self.start_due(snap, &registry);
@@ -535,8 +535,8 @@ impl Daemon {
         Ok(())
     }
 
-    fn make_ctx(&mut self, docker: DockerApi, manager_id: &str) -> Result<Ctx, KeyError> {
-        Ok(Ctx {
+    fn make_hands(&mut self, docker: DockerApi, manager_id: &str) -> Result<Hands, KeyError> {
+        Ok(Hands {
             manager_id: manager_id.to_string(),
             signing: glue_protocol::SigningKey::from_pkcs8(self.signing.pkcs8())?,
             seq: self.seq.clone(),
@@ -618,7 +618,9 @@ impl Daemon {
         self.report
             .nodes
             .retain(|id, _| present.contains(id.as_str()));
-        let Some(ctx) = self.ctx.clone() else { return };
+        let Some(hands) = self.hands.clone() else {
+            return;
+        };
         for n in &snap.nodes {
             let track = self.tracks.entry(n.id.clone()).or_default();
             let report = self.report.nodes.entry(n.id.clone()).or_default();
@@ -643,7 +645,7 @@ impl Daemon {
                 track.next_at = now + self.cfg.retry_min_s;
                 continue;
             }
-            let job = Job {
+            let job = Enrolment {
                 node_id: n.id.clone(),
                 hostname: n.hostname.clone(),
                 addr,
@@ -658,19 +660,19 @@ impl Daemon {
             if report.state != NodeState::Confirmed {
                 report.state = NodeState::Working;
             }
-            let ctx = ctx.clone();
+            let hands = hands.clone();
             let slots = self.slots.clone();
             let tx = self.results.0.clone();
             let id = n.id.clone();
             tokio::spawn(async move {
                 let _slot = slots.acquire_owned().await;
-                let result = enrol::enrol(ctx, job).await;
+                let result = enrol::enrol(hands, job).await;
                 let _ = tx.send((id, result)).await;
             });
         }
     }
 
-    fn finished(&mut self, node: String, result: Result<Done, Failure>) {
+    fn finished(&mut self, node: String, result: Result<Confirmed, Failure>) {
         let now = unix_now();
         let Some(track) = self.tracks.get_mut(&node) else {
             return;

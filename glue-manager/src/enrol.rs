@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{self, AgentError, Issuer};
 use crate::docker::{short, DockerApi, JobState, KeyJob};
-use crate::install::{self, Expected, Probe};
+use crate::install::{self, Probe, Wanted};
 use crate::keys::Sequence;
 use crate::memory::{ManagerKeys, PinnedAgent};
 use crate::ssh::{Ssh, SshError};
@@ -49,7 +49,7 @@ impl NodeState {
 }
 
 /// What every enrolment shares.
-pub struct Ctx {
+pub struct Hands {
     pub manager_id: String,
     pub signing: SigningKey,
     pub seq: Arc<Sequence>,
@@ -63,7 +63,7 @@ pub struct Ctx {
 }
 
 #[derive(Debug, Clone)]
-pub struct Job {
+pub struct Enrolment {
     pub node_id: String,
     pub hostname: String,
     pub addr: IpAddr,
@@ -75,7 +75,7 @@ pub struct Job {
 }
 
 #[derive(Debug, Clone)]
-pub struct Done {
+pub struct Confirmed {
     pub agent: PinnedAgent,
     pub trusted_keys: usize,
     /// What had to change, for the log (empty when nothing did).
@@ -120,23 +120,23 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn enrol(ctx: Arc<Ctx>, job: Job) -> Result<Done, Failure> {
-    if job.quick {
-        if let Some(pinned) = &job.pinned {
-            if let Ok(done) = confirm(&ctx, &job, pinned.clone()).await {
-                if done.trusted_keys >= job.registry.len() {
+pub async fn enrol(hands: Arc<Hands>, enrolment: Enrolment) -> Result<Confirmed, Failure> {
+    if enrolment.quick {
+        if let Some(pinned) = &enrolment.pinned {
+            if let Ok(done) = confirm(&hands, &enrolment, pinned.clone()).await {
+                if done.trusted_keys >= enrolment.registry.len() {
                     return Ok(done);
                 }
             }
         }
     }
     let mut changed = Vec::new();
-    let probe = match probe(&ctx, &job).await {
+    let probe = match probe(&hands, &enrolment).await {
         Ok(p) => p,
         Err(SshError::Denied { .. }) => {
-            add_ssh_key(&ctx, &job).await?;
+            add_ssh_key(&hands, &enrolment).await?;
             changed.push("SSH key added by a swarm job".to_string());
-            probe(&ctx, &job).await.map_err(ssh_failure)?
+            probe(&hands, &enrolment).await.map_err(ssh_failure)?
         }
         Err(e) => return Err(ssh_failure(e)),
     };
@@ -145,12 +145,12 @@ pub async fn enrol(ctx: Arc<Ctx>, job: Job) -> Result<Done, Failure> {
         f
     };
     let binary = install::debian_arch(&probe.arch)
-        .and_then(|arch| std::fs::read(ctx.agent_dir.join(arch).join("glue-node-agent")).ok());
-    let expected = Expected {
-        node_id: job.node_id.clone(),
-        cluster_id: job.cluster_id.clone(),
+        .and_then(|arch| std::fs::read(hands.agent_dir.join(arch).join("glue-node-agent")).ok());
+    let expected = Wanted {
+        node_id: enrolment.node_id.clone(),
+        cluster_id: enrolment.cluster_id.clone(),
         binary,
-        managers: job
+        managers: enrolment
             .registry
             .iter()
             .map(|(id, k)| (id.clone(), k.signing_key))
@@ -163,15 +163,15 @@ pub async fn enrol(ctx: Arc<Ctx>, job: Job) -> Result<Done, Failure> {
                 NodeState::Failed,
                 format!(
                     "{}: {e} (looked in {})",
-                    job.hostname,
-                    ctx.agent_dir.display()
+                    enrolment.hostname,
+                    hands.agent_dir.display()
                 ),
             )
         })
     })?;
     let mut agent_key = probe.agent_key;
     if !plan.is_empty() {
-        agent_key = install_agent(&ctx, &job, &plan, expected.binary.as_deref())
+        agent_key = install_agent(&hands, &enrolment, &plan, expected.binary.as_deref())
             .await
             .map_err(with_ssh)?;
         changed.push(plan.summary());
@@ -181,20 +181,20 @@ pub async fn enrol(ctx: Arc<Ctx>, job: Job) -> Result<Done, Failure> {
             NodeState::Failed,
             format!(
                 "{}: the agent is running but has no {}",
-                job.hostname,
+                enrolment.hostname,
                 install::AGENT_PUB
             ),
         )));
     };
     let pinned = PinnedAgent {
-        endpoint: SocketAddr::new(job.addr, ctx.agent_port),
+        endpoint: SocketAddr::new(enrolment.addr, hands.agent_port),
         key,
         version: install::agent_version(),
     };
-    let mut done = confirm(&ctx, &job, pinned).await.map_err(|e| {
+    let mut done = confirm(&hands, &enrolment, pinned).await.map_err(|e| {
         with_ssh(Failure::new(
             NodeState::Failed,
-            format!("{}: {e}", job.hostname),
+            format!("{}: {e}", enrolment.hostname),
         ))
     })?;
     done.changed = changed;
@@ -204,17 +204,18 @@ pub async fn enrol(ctx: Arc<Ctx>, job: Job) -> Result<Done, Failure> {
 /// Carries out an install plan on the node over SSH (the binary uploaded
 /// first if it must be); the agent key the node then reports.
 async fn install_agent(
-    ctx: &Ctx,
-    job: &Job,
+    hands: &Hands,
+    enrolment: &Enrolment,
     plan: &install::InstallPlan,
     binary: Option<&[u8]>,
 ) -> Result<Option<PublicKey>, Failure> {
-    let addr = job.addr.to_string();
+    let addr = enrolment.addr.to_string();
     if plan.copy_binary {
-        let up = install::upload_path(&plan.bin_path, &ctx.manager_id);
-        ctx.ssh
+        let up = install::upload_path(&plan.bin_path, &hands.manager_id);
+        hands
+            .ssh
             .run(
-                &job.node_id,
+                &enrolment.node_id,
                 &addr,
                 "uploading the agent",
                 &format!("cat > '{up}'"),
@@ -224,14 +225,14 @@ async fn install_agent(
             .await
             .map_err(ssh_failure)?;
     }
-    let out = ctx
+    let out = hands
         .ssh
         .run(
-            &job.node_id,
+            &enrolment.node_id,
             &addr,
             "installing the agent",
             "sh -s",
-            install::install_script(plan, &ctx.manager_id).as_bytes(),
+            install::install_script(plan, &hands.manager_id).as_bytes(),
             INSTALL_TIMEOUT,
         )
         .await
@@ -239,12 +240,12 @@ async fn install_agent(
     Ok(Probe::parse(&out).agent_key)
 }
 
-async fn probe(ctx: &Ctx, job: &Job) -> Result<Probe, SshError> {
-    let out = ctx
+async fn probe(hands: &Hands, enrolment: &Enrolment) -> Result<Probe, SshError> {
+    let out = hands
         .ssh
         .run(
-            &job.node_id,
-            &job.addr.to_string(),
+            &enrolment.node_id,
+            &enrolment.addr.to_string(),
             "probing",
             "sh -s",
             install::PROBE_SCRIPT.as_bytes(),
@@ -256,27 +257,31 @@ async fn probe(ctx: &Ctx, job: &Job) -> Result<Probe, SshError> {
 
 /// Asks the agent for its signed status with a signed command: proves that
 /// the agent runs, holds the pinned key and trusts this manager.
-async fn confirm(ctx: &Ctx, job: &Job, pinned: PinnedAgent) -> Result<Done, AgentError> {
-    let seq = ctx.seq.next().map_err(|e| AgentError::Transport {
+async fn confirm(
+    hands: &Hands,
+    enrolment: &Enrolment,
+    pinned: PinnedAgent,
+) -> Result<Confirmed, AgentError> {
+    let seq = hands.seq.next().map_err(|e| AgentError::Transport {
         endpoint: pinned.endpoint,
         message: e.to_string(),
     })?;
     let issuer = Issuer {
-        key: &ctx.signing,
-        cluster: &job.cluster_id,
+        key: &hands.signing,
+        cluster: &enrolment.cluster_id,
         seq,
         now: unix_now(),
     };
     let status = agent_client::send(
         pinned.endpoint,
         pinned.key,
-        &job.node_id,
+        &enrolment.node_id,
         &issuer,
         CommandBody::Status,
         AGENT_TIMEOUT,
     )
     .await?;
-    Ok(Done {
+    Ok(Confirmed {
         agent: PinnedAgent {
             version: format!("glue-node-agent {}", status.agent_version),
             ..pinned
@@ -288,11 +293,11 @@ async fn confirm(ctx: &Ctx, job: &Job, pinned: PinnedAgent) -> Result<Done, Agen
 
 /// Runs the one-shot swarm job that adds every registered manager's SSH key
 /// to root's authorized_keys on the node, under a swarm lock for that node.
-async fn add_ssh_key(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
-    let purpose = format!("ssh-{}", short(&job.node_id));
-    let lease = match ctx
+async fn add_ssh_key(hands: &Hands, enrolment: &Enrolment) -> Result<(), Failure> {
+    let purpose = format!("ssh-{}", short(&enrolment.node_id));
+    let lease = match hands
         .docker
-        .lock(&purpose, &ctx.manager_id, ctx.lock_lease, unix_now())
+        .lock(&purpose, &hands.manager_id, hands.lock_lease, unix_now())
         .await
         .map_err(|e| Failure::new(NodeState::KeyJob, e.to_string()))?
     {
@@ -304,31 +309,31 @@ async fn add_ssh_key(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
                     NodeState::KeyJob,
                     format!(
                         "another manager is adding SSH keys on {} ({held})",
-                        job.hostname
+                        enrolment.hostname
                     ),
                 )
             })
         }
     };
-    let result = run_key_job(ctx, job).await;
-    if let Err(e) = ctx.docker.unlock(lease).await {
+    let result = run_key_job(hands, enrolment).await;
+    if let Err(e) = hands.docker.unlock(lease).await {
         tracing::warn!("{e}");
     }
     result
 }
 
-async fn run_key_job(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
+async fn run_key_job(hands: &Hands, enrolment: &Enrolment) -> Result<(), Failure> {
     // Someone may have added our key while we waited for the lock.
-    match probe(ctx, job).await {
+    match probe(hands, enrolment).await {
         Ok(_) => return Ok(()),
         Err(SshError::Denied { .. }) => {}
         Err(e) => return Err(ssh_failure(e)),
     }
     let key_job = KeyJob {
-        node: job.node_id.clone(),
-        issuer: ctx.manager_id.clone(),
-        image: ctx.key_job_image.clone(),
-        keys: job
+        node: enrolment.node_id.clone(),
+        issuer: hands.manager_id.clone(),
+        image: hands.key_job_image.clone(),
+        keys: enrolment
             .registry
             .iter()
             .map(|(id, k)| {
@@ -341,21 +346,22 @@ async fn run_key_job(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
     };
     let name = key_job.name();
     let failure = |m: String| Failure::new(NodeState::KeyJob, m);
-    ctx.docker
+    hands
+        .docker
         .start_key_job(&key_job)
         .await
         .map_err(|e| failure(e.to_string()))?;
-    tracing::info!(node = %job.node_id, job = %name, "SSH key job started on {}", job.hostname);
-    let deadline = tokio::time::Instant::now() + ctx.key_job_timeout;
+    tracing::info!(node = %enrolment.node_id, job = %name, "SSH key job started on {}", enrolment.hostname);
+    let deadline = tokio::time::Instant::now() + hands.key_job_timeout;
     let outcome = loop {
-        match ctx.docker.job_state(&name).await {
+        match hands.docker.job_state(&name).await {
             Ok(JobState::Done) => break Ok(()),
             Ok(JobState::Failed(err)) => break Err(err),
             Ok(JobState::Waiting(why)) => {
                 if tokio::time::Instant::now() >= deadline {
                     break Err(format!(
                         "not done after {}s ({why})",
-                        ctx.key_job_timeout.as_secs()
+                        hands.key_job_timeout.as_secs()
                     ));
                 }
                 // A node without the image never gets further: say so at once.
@@ -367,17 +373,17 @@ async fn run_key_job(ctx: &Ctx, job: &Job) -> Result<(), Failure> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    if let Err(e) = ctx.docker.remove_service(&name).await {
+    if let Err(e) = hands.docker.remove_service(&name).await {
         tracing::warn!("{e}");
     }
     outcome.map_err(|err| {
         let mut f = failure(if err.contains("No such image") || err.contains("not found") {
             format!(
                 "{}: the SSH key job cannot run: node lacks image {} ({err}); load it on that node (docker load) or set key_job_image in manager.toml to an image it has",
-                job.hostname, ctx.key_job_image
+                enrolment.hostname, hands.key_job_image
             )
         } else {
-            format!("{}: SSH key job {name} failed: {err}", job.hostname)
+            format!("{}: SSH key job {name} failed: {err}", enrolment.hostname)
         });
         f.needs_human = true;
         f

@@ -107,7 +107,7 @@ pub fn debian_arch(uname_m: &str) -> Option<&'static str> {
 
 /// What the node should end up with.
 #[derive(Debug, Clone)]
-pub struct Expected {
+pub struct Wanted {
     pub node_id: String,
     pub cluster_id: String,
     /// The agent binary for the node's architecture (None: not shipped).
@@ -192,7 +192,7 @@ pub fn trust_file_name(manager_node_id: &str) -> String {
 /// Decides what must change on a node. An agent installed from the package
 /// (same version at /usr/bin) is used as it is; otherwise the binary shipped
 /// with this manager goes to /usr/local/bin with its own unit.
-pub fn plan(probe: &Probe, expected: &Expected) -> Result<InstallPlan, PlanError> {
+pub fn plan(probe: &Probe, expected: &Wanted) -> Result<InstallPlan, PlanError> {
     if probe.init != "systemd" {
         return Err(PlanError::NoSystemd(probe.init.clone()));
     }
@@ -282,8 +282,8 @@ mod tests {
         SigningKey::generate().expect("key").public()
     }
 
-    fn expected(managers: &[(&str, PublicKey)]) -> Expected {
-        Expected {
+    fn expected(managers: &[(&str, PublicKey)]) -> Wanted {
+        Wanted {
             node_id: "node1".into(),
             cluster_id: "cluster1".into(),
             binary: Some(b"ELF agent".to_vec()),

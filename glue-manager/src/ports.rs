@@ -23,13 +23,13 @@ use tokio::task::JoinHandle;
 use crate::agent_client::{self, Issuer};
 use crate::discovery::DiscoveryError;
 use crate::docker::{DockerError, Held};
-use crate::enrol::Ctx;
+use crate::enrol::Hands;
 use crate::host::Host;
 use crate::identity::{self, Expected, IdentityError};
 use crate::keys::Sequence;
 use crate::memory::Memory;
 use crate::progress::RecoveryFile;
-use crate::readdress::{self, Outcome, ReaddressError, Target};
+use crate::readdress::{self, ReaddressError, StepEnd, Target};
 
 /// Everything the recoverer acts through but the swarm,
 /// which comes and goes with Docker and is handed to each round.
@@ -60,7 +60,7 @@ pub trait Swarm: Send + Sync {
         &self,
         work: Readdressing,
         say: mpsc::UnboundedSender<String>,
-    ) -> JoinHandle<Result<Outcome, ReaddressError>>;
+    ) -> JoinHandle<Result<StepEnd, ReaddressError>>;
 }
 
 /// A re-addressing to run (see [`crate::readdress`]).
@@ -156,7 +156,7 @@ const PROOF_TIMEOUT: Duration = Duration::from_secs(2);
 const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The real swarm: Docker on this manager, SSH to the others.
-pub struct Live(pub Arc<Ctx>);
+pub struct Live(pub Arc<Hands>);
 
 #[async_trait]
 impl Swarm for Live {
@@ -188,8 +188,8 @@ impl Swarm for Live {
         &self,
         work: Readdressing,
         say: mpsc::UnboundedSender<String>,
-    ) -> JoinHandle<Result<Outcome, ReaddressError>> {
-        let ctx = self.0.clone();
+    ) -> JoinHandle<Result<StepEnd, ReaddressError>> {
+        let hands = self.0.clone();
         tokio::spawn(async move {
             match work {
                 Readdressing::Nodes {
@@ -197,16 +197,16 @@ impl Swarm for Live {
                     map,
                     targets,
                 } => {
-                    let env = readdress::Env {
-                        ctx,
+                    let bearings = readdress::Bearings {
+                        hands,
                         managers,
                         map,
                         say,
                     };
-                    readdress::run(&env, &targets).await
+                    readdress::run(&bearings, &targets).await
                 }
                 Readdressing::ThisHost { old, new, stale } => {
-                    readdress::restart_self(&ctx, old, new, &stale, &say).await
+                    readdress::restart_self(&hands, old, new, &stale, &say).await
                 }
             }
         })

@@ -22,7 +22,7 @@ use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use crate::docker::{short, DockerError, NodeView};
-use crate::enrol::Ctx;
+use crate::enrol::Hands;
 use crate::host::unix_ms;
 use crate::memory::Role;
 use crate::ssh::SshError;
@@ -82,8 +82,8 @@ pub enum How {
 }
 
 /// What re-addressing needs besides the target.
-pub struct Env {
-    pub ctx: Arc<Ctx>,
+pub struct Bearings {
+    pub hands: Arc<Hands>,
     /// Every manager's current address (this one included), to check from
     /// each of them what the swarm records.
     pub managers: BTreeMap<String, Ipv4Addr>,
@@ -95,7 +95,7 @@ pub struct Env {
 }
 
 #[derive(Debug)]
-pub enum Outcome {
+pub enum StepEnd {
     Done,
     /// Not now, and not an error: another manager holds the lock, or a
     /// manager is unreachable.
@@ -148,8 +148,8 @@ impl<E: std::fmt::Display> From<E> for NotYet {
 /// Re-addresses the `targets` (at most `plan::at_once` of them, chosen so
 /// the raft members left keep their quorum), side by side, under the one
 /// swarm lock.
-pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, ReaddressError> {
-    let docker = &env.ctx.docker;
+pub async fn run(bearings: &Bearings, targets: &[Target]) -> Result<StepEnd, ReaddressError> {
+    let docker = &bearings.hands.docker;
     // Every node must know the longer period before one goes silent: an
     // agent learns it at its next heartbeat, at most one old period away.
     let now_ms = unix_ms();
@@ -158,17 +158,17 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, ReaddressErro
         .await
         .map_err(ReaddressError::Heartbeat)?;
     if let Some(was) = held.raised_from {
-        say(env, raised_line(was));
+        say(bearings, raised_line(was));
     }
     // Bounded, whatever another manager's clock said when it raised it.
     let settled = Instant::now()
         + Duration::from_millis(held.settled_ms.saturating_sub(now_ms)).min(HEARTBEAT);
     let lease = match docker
-        .lock(LOCK, &env.ctx.manager_id, LEASE, unix_ms() / 1000)
+        .lock(LOCK, &bearings.hands.manager_id, LEASE, unix_ms() / 1000)
         .await?
     {
         Ok(lease) => lease,
-        Err(held) => return Ok(Outcome::NotNow(format!("the re-address lock is {held}"))),
+        Err(held) => return Ok(StepEnd::NotNow(format!("the re-address lock is {held}"))),
     };
     // Demotions and dockerd restarts (the slow part) overlap; promotions
     // take turns. Seen: two managers promoted at once both waited the full
@@ -184,8 +184,8 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, ReaddressErro
         let promote = &promote;
         async move {
             match &t.how {
-                How::Manager => steps(env, t, promote, &others, settled).await,
-                How::Restart { stale } => restart_in_place(env, t, stale, settled).await,
+                How::Manager => steps(bearings, t, promote, &others, settled).await,
+                How::Restart { stale } => restart_in_place(bearings, t, stale, settled).await,
             }
         }
     }))
@@ -197,8 +197,8 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, ReaddressErro
     let mut waits = Vec::new();
     for (t, r) in targets.iter().zip(results) {
         match r {
-            Ok(Outcome::Done) => {}
-            Ok(Outcome::NotNow(why)) => waits.push(why),
+            Ok(StepEnd::Done) => {}
+            Ok(StepEnd::NotNow(why)) => waits.push(why),
             Err(e) => errors.push((t.hostname.clone(), e)),
         }
     }
@@ -210,9 +210,9 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, ReaddressErro
         // Two managers stepped together mostly wait for the same reason.
         waits.sort();
         waits.dedup();
-        Ok(Outcome::NotNow(waits.join("; ")))
+        Ok(StepEnd::NotNow(waits.join("; ")))
     } else {
-        Ok(Outcome::Done)
+        Ok(StepEnd::Done)
     }
 }
 
@@ -221,34 +221,38 @@ pub async fn run(env: &Env, targets: &[Target]) -> Result<Outcome, ReaddressErro
 /// promotion until every manager sees the node; no dockerd restarts before
 /// `settled`.
 async fn steps(
-    env: &Env,
+    bearings: &Bearings,
     t: &Target,
     promote: &tokio::sync::Mutex<()>,
     others: &[&str],
     settled: Instant,
-) -> Result<Outcome, ReaddressError> {
+) -> Result<StepEnd, ReaddressError> {
     let started = Instant::now();
-    let (node, nodes) = match node_to_step(env, t).await? {
+    let (node, nodes) = match node_to_step(bearings, t).await? {
         Ok(found) => found,
         Err(not_now) => return Ok(not_now),
     };
     let recorded_new = node.manager_addr.as_deref() == Some(raft_addr(t).as_str());
     if node.role == Role::Manager && !recorded_new {
-        if let Some(not_now) = demote(env, t, &node, &nodes, others).await? {
+        if let Some(not_now) = demote(bearings, t, &node, &nodes, others).await? {
             return Ok(not_now);
         }
     }
     let mut turn = None;
     if node.role == Role::Worker || !recorded_new {
-        restart_as_worker(env, t, settled).await?;
+        restart_as_worker(bearings, t, settled).await?;
         turn = Some(promote.lock().await);
-        env.ctx.docker.set_role(&t.node, Role::Manager).await?;
+        bearings
+            .hands
+            .docker
+            .set_role(&t.node, Role::Manager)
+            .await?;
     }
     let _turn = match turn {
         Some(t) => t,
         None => promote.lock().await,
     };
-    seen_by_every_manager(env, t, others, started).await
+    seen_by_every_manager(bearings, t, others, started).await
 }
 
 fn raft_addr(t: &Target) -> String {
@@ -259,12 +263,12 @@ fn raft_addr(t: &Target) -> String {
 /// now: the swarm answers here and every other manager is reachable
 /// (quorum is never put at risk); else why not now.
 async fn node_to_step(
-    env: &Env,
+    bearings: &Bearings,
     t: &Target,
-) -> Result<Result<(NodeView, Vec<NodeView>), Outcome>, ReaddressError> {
-    let snap = env.ctx.docker.snapshot().await?;
+) -> Result<Result<(NodeView, Vec<NodeView>), StepEnd>, ReaddressError> {
+    let snap = bearings.hands.docker.snapshot().await?;
     if !snap.control_available {
-        return Ok(Err(Outcome::NotNow(format!(
+        return Ok(Err(StepEnd::NotNow(format!(
             "the swarm does not answer here: {}",
             snap.error
         ))));
@@ -280,7 +284,7 @@ async fn node_to_step(
         .iter()
         .find(|n| n.role == Role::Manager && n.id != t.node && n.reachability != "reachable")
     {
-        return Ok(Err(Outcome::NotNow(format!(
+        return Ok(Err(StepEnd::NotNow(format!(
             "manager {} is {}; re-addressing waits so the swarm keeps its quorum",
             down.hostname,
             if down.reachability.is_empty() {
@@ -296,40 +300,40 @@ async fn node_to_step(
 /// Demotes manager `t` (marked first, so whoever coordinates next finishes
 /// the job); why not now, if not.
 async fn demote(
-    env: &Env,
+    bearings: &Bearings,
     t: &Target,
     node: &NodeView,
     nodes: &[NodeView],
     others: &[&str],
-) -> Result<Option<Outcome>, ReaddressError> {
+) -> Result<Option<StepEnd>, ReaddressError> {
     let name = &t.hostname;
     if node.reachability != "reachable" {
         let waited = Instant::now();
-        if became_reachable(env, t).await {
-            return Ok(Some(Outcome::NotNow(format!(
+        if became_reachable(bearings, t).await {
+            return Ok(Some(StepEnd::NotNow(format!(
                 "{name} was unreachable for {:.0}s (e.g. restarting its own dockerd); re-addressing it starts again now that the swarm reaches it",
                 waited.elapsed().as_secs_f64()
             ))));
         }
         say(
-            env,
+            bearings,
             format!(
                 "re-address {name}: unreachable for {}s; demoting it anyway",
                 UNREACHABLE_GRACE.as_secs()
             ),
         );
     }
-    if let Some(blind) = managers_blind_to_the_leader(env, t, nodes, others).await {
-        return Ok(Some(Outcome::NotNow(format!(
+    if let Some(blind) = managers_blind_to_the_leader(bearings, t, nodes, others).await {
+        return Ok(Some(StepEnd::NotNow(format!(
             "not every manager's Docker sees the leader yet: {blind}"
         ))));
     }
-    let docker = &env.ctx.docker;
+    let docker = &bearings.hands.docker;
     docker.mark_readdress(&t.node, t.from, t.to).await?;
     docker.set_role(&t.node, Role::Worker).await?;
-    touch(env, t).await;
+    touch(bearings, t).await;
     say(
-        env,
+        bearings,
         format!("re-address {name}: demoted, to rejoin raft at {}", t.to),
     );
     Ok(None)
@@ -343,21 +347,20 @@ async fn demote(
 /// may still say reachable for a manager whose raft link is down (then a
 /// demotion begins and never ends).
 async fn managers_blind_to_the_leader(
-    env: &Env,
+    bearings: &Bearings,
     t: &Target,
     nodes: &[NodeView],
     others: &[&str],
 ) -> Option<String> {
-    let asked: Vec<(&String, &Ipv4Addr)> = env
+    let asked: Vec<(&String, &Ipv4Addr)> = bearings
         .managers
         .iter()
         .filter(|(m, _)| **m != t.node && !others.contains(&m.as_str()))
         .collect();
-    let seen =
-        join_all(asked.iter().map(|(m, addr)| async move {
-            ssh(env, m, **addr, "docker node ls", LEADER_SEEN).await
-        }))
-        .await;
+    let seen = join_all(asked.iter().map(|(m, addr)| async move {
+        ssh(bearings, m, **addr, "docker node ls", LEADER_SEEN).await
+    }))
+    .await;
     let host = |m: &String| {
         nodes
             .iter()
@@ -381,7 +384,11 @@ async fn managers_blind_to_the_leader(
 /// new one already) and waits until it is ready. Restarted earlier, it
 /// starts a manager again and joins raft as a new member while being
 /// demoted (measured: the new member's dockerd then panics in raft).
-async fn restart_as_worker(env: &Env, t: &Target, settled: Instant) -> Result<(), ReaddressError> {
+async fn restart_as_worker(
+    bearings: &Bearings,
+    t: &Target,
+    settled: Instant,
+) -> Result<(), ReaddressError> {
     let name = &t.hostname;
     let gave_up = Instant::now();
     // When the swarm was first seen to have taken it out of raft while it
@@ -391,11 +398,11 @@ async fn restart_as_worker(env: &Env, t: &Target, settled: Instant) -> Result<()
     wait(
         &format!("{name} to give up its manager role"),
         || async move {
-            match gave_up_role(env, t).await? {
+            match gave_up_role(bearings, t).await? {
                 Demotion::Done => Ok(true),
                 Demotion::OutOfRaft(why) => {
                     if out_of_raft_at.set(gave_up.elapsed()).is_ok() {
-                        touch(env, t).await;
+                        touch(bearings, t).await;
                     }
                     Err(NotYet(why))
                 }
@@ -404,21 +411,21 @@ async fn restart_as_worker(env: &Env, t: &Target, settled: Instant) -> Result<()
         },
     )
     .await?;
-    let node_addr = ssh(env, &t.node, t.to, "docker info", INFO).await?;
+    let node_addr = ssh(bearings, &t.node, t.to, "docker info", INFO).await?;
     if node_addr.split_whitespace().nth(1) != Some(t.to.to_string().as_str()) {
         let given_up = gave_up.elapsed();
         tokio::time::sleep_until(settled.into()).await;
         let restart = Instant::now();
-        let script = restart_script(&env.map, &remotes(env, &t.node));
+        let script = restart_script(&bearings.map, &remotes(bearings, &t.node));
         run_restart(
-            env,
+            bearings,
             t,
             "patching docker-state.json and restarting dockerd",
             &script,
         )
         .await?;
         say(
-            env,
+            bearings,
             format!(
                 "re-address {name}: manager role given up after {:.1}s{}; dockerd restarted with advertise address {} in {:.1}s",
                 given_up.as_secs_f64(),
@@ -431,7 +438,7 @@ async fn restart_as_worker(env: &Env, t: &Target, settled: Instant) -> Result<()
             ),
         );
     }
-    let docker = &env.ctx.docker;
+    let docker = &bearings.hands.docker;
     wait(&format!("{name} to be ready"), || async move {
         let snap = docker.snapshot().await?;
         Ok(snap
@@ -445,11 +452,11 @@ async fn restart_as_worker(env: &Env, t: &Target, settled: Instant) -> Result<()
 /// Waits until every manager (but `others`) sees `t` at its new raft
 /// address, reachable; then the step is done and its mark goes.
 async fn seen_by_every_manager(
-    env: &Env,
+    bearings: &Bearings,
     t: &Target,
     others: &[&str],
     started: Instant,
-) -> Result<Outcome, ReaddressError> {
+) -> Result<StepEnd, ReaddressError> {
     let name = &t.hostname;
     let to_raft = raft_addr(t);
     let check = format!(
@@ -464,12 +471,12 @@ async fn seen_by_every_manager(
         || async move {
             // Asked of all at once: one SSH round trip per poll, not one
             // per manager.
-            let asked = env
+            let asked = bearings
                 .managers
                 .iter()
                 .filter(|(m, _)| !others.contains(&m.as_str()));
             let seen = join_all(asked.map(|(m, addr)| async move {
-                ssh(env, m, *addr, "docker node inspect", check)
+                ssh(bearings, m, *addr, "docker node inspect", check)
                     .await
                     .unwrap_or_default()
             }))
@@ -478,21 +485,21 @@ async fn seen_by_every_manager(
         },
     )
     .await?;
-    env.ctx.docker.unmark_readdress(&t.node).await?;
+    bearings.hands.docker.unmark_readdress(&t.node).await?;
     say(
-        env,
+        bearings,
         format!(
             "re-addressed {name} ({}) in {:.1}s: promoted, seen at {to_raft} by all {} managers {:.1}s later",
             short(&t.node),
             started.elapsed().as_secs_f64(),
-            env.managers
+            bearings.managers
                 .keys()
                 .filter(|m| !others.contains(&m.as_str()))
                 .count(),
             promoted.elapsed().as_secs_f64()
         ),
     );
-    Ok(Outcome::Done)
+    Ok(StepEnd::Done)
 }
 
 /// Restarts the dockerd of a node that needs no role change (a worker)
@@ -501,23 +508,33 @@ async fn seen_by_every_manager(
 /// dockerd still holds an old address, so a step asked for on an old
 /// reading restarts nothing.
 async fn restart_in_place(
-    env: &Env,
+    bearings: &Bearings,
     t: &Target,
     stale: &[String],
     settled: Instant,
-) -> Result<Outcome, ReaddressError> {
+) -> Result<StepEnd, ReaddressError> {
     let name = &t.hostname;
-    let docker = &env.ctx.docker;
+    let docker = &bearings.hands.docker;
     tokio::time::sleep_until(settled.into()).await;
     let started = Instant::now();
     // Until it goes, no manager takes the rules away (nor ends the
     // recovery) while the node's tasks start again.
     docker.mark_restart(&t.node).await?;
-    let script = restart_in_place_script(&env.map, &remotes(env, &t.node), Stale::AnyAddress);
-    let out = run_restart(env, t, "restarting dockerd with its new addresses", &script).await?;
+    let script = restart_in_place_script(
+        &bearings.map,
+        &remotes(bearings, &t.node),
+        Stale::AnyAddress,
+    );
+    let out = run_restart(
+        bearings,
+        t,
+        "restarting dockerd with its new addresses",
+        &script,
+    )
+    .await?;
     if out.trim() == ALREADY_CURRENT {
         docker.unmark_restart(&t.node).await?;
-        return Ok(Outcome::Done);
+        return Ok(StepEnd::Done);
     }
     wait(&format!("{name} to be ready"), || async move {
         let snap = docker.snapshot().await?;
@@ -529,7 +546,7 @@ async fn restart_in_place(
     .await?;
     docker.unmark_restart(&t.node).await?;
     say(
-        env,
+        bearings,
         format!(
             "restarted {name}'s dockerd at {} in {:.1}s (it held {}); {}",
             t.to,
@@ -538,7 +555,7 @@ async fn restart_in_place(
             out.lines().last().unwrap_or_default().trim()
         ),
     );
-    Ok(Outcome::Done)
+    Ok(StepEnd::Done)
 }
 
 /// Restarts this host's own dockerd over SSH to itself (so the container
@@ -548,18 +565,18 @@ async fn restart_in_place(
 /// else restarts it here: a dockerd merely not listening yet (just booted)
 /// is left to the coordinator.
 pub async fn restart_self(
-    ctx: &Ctx,
+    hands: &Hands,
     old: Ipv4Addr,
     new: Ipv4Addr,
     stale: &[String],
     say: &mpsc::UnboundedSender<String>,
-) -> Result<Outcome, ReaddressError> {
+) -> Result<StepEnd, ReaddressError> {
     let started = Instant::now();
     let map = BTreeMap::from([(old, new)]);
-    let out = ctx
+    let out = hands
         .ssh
         .run(
-            &ctx.manager_id,
+            &hands.manager_id,
             "127.0.0.1",
             "restarting this host's dockerd with its new address",
             &restart_in_place_script(&map, &[], Stale::PinnedListener),
@@ -568,7 +585,7 @@ pub async fn restart_self(
         )
         .await?;
     if out.trim() == ALREADY_CURRENT {
-        return Ok(Outcome::NotNow(format!(
+        return Ok(StepEnd::NotNow(format!(
             "nothing listens at {new}:2377, but this host's dockerd pins no listener to an address it lost"
         )));
     }
@@ -577,17 +594,18 @@ pub async fn restart_self(
         started.elapsed().as_secs_f64(),
         stale.join(", ")
     ));
-    Ok(Outcome::Done)
+    Ok(StepEnd::Done)
 }
 
 /// Runs a restart script on `t` over SSH, bounded by [`RESTART_TIMEOUT`].
 async fn run_restart(
-    env: &Env,
+    bearings: &Bearings,
     t: &Target,
     what: &str,
     script: &str,
 ) -> Result<String, ReaddressError> {
-    env.ctx
+    bearings
+        .hands
         .ssh
         .run(
             &t.node,
@@ -606,14 +624,14 @@ const ALREADY_CURRENT: &str = "dockerd already holds its current addresses";
 
 /// Where a restarted node finds the managers: every other manager where it
 /// is now, this one (up for sure) first.
-fn remotes(env: &Env, node: &str) -> Vec<(String, Ipv4Addr)> {
-    let mut remotes: Vec<(String, Ipv4Addr)> = env
+fn remotes(bearings: &Bearings, node: &str) -> Vec<(String, Ipv4Addr)> {
+    let mut remotes: Vec<(String, Ipv4Addr)> = bearings
         .managers
         .iter()
         .filter(|(id, _)| *id != node)
         .map(|(id, a)| (id.clone(), *a))
         .collect();
-    remotes.sort_by_key(|(id, _)| *id != env.ctx.manager_id);
+    remotes.sort_by_key(|(id, _)| *id != bearings.hands.manager_id);
     remotes
 }
 
@@ -647,12 +665,12 @@ enum Demotion {
 /// of raft. A stray member left beside a worker's certificate counts too:
 /// promoted, the node should rejoin under that member (swarmkit's Join
 /// gives a node ID it knows its member back; read in its source, not run).
-async fn gave_up_role(env: &Env, t: &Target) -> Result<Demotion, ReaddressError> {
-    let out = ssh(env, &t.node, t.to, "docker info", INFO).await?;
+async fn gave_up_role(bearings: &Bearings, t: &Target) -> Result<Demotion, ReaddressError> {
+    let out = ssh(bearings, &t.node, t.to, "docker info", INFO).await?;
     let mut f = out.split_whitespace();
     let (control, _, worker) = (f.next(), f.next(), f.next());
     let worker_cert = worker.unwrap_or("0") != "0";
-    let snap = env.ctx.docker.snapshot().await?;
+    let snap = bearings.hands.docker.snapshot().await?;
     let Some(n) = snap.nodes.iter().find(|n| n.id == t.node) else {
         return Err(ReaddressError::Unlisted {
             hostname: t.hostname.clone(),
@@ -687,7 +705,7 @@ async fn gave_up_role(env: &Env, t: &Target) -> Result<Demotion, ReaddressError>
         n if n.role == Role::Worker && n.manager_addr.is_none() => Ok(Demotion::Done),
         n if n.role == Role::Worker => {
             say(
-                env,
+                bearings,
                 format!(
                     "re-address {}: its Docker is a worker's, but raft keeps a member for it at {} ({}); promoting it, to rejoin under that member",
                     t.hostname,
@@ -710,8 +728,8 @@ async fn gave_up_role(env: &Env, t: &Target) -> Result<Demotion, ReaddressError>
 /// to worker on the next, which otherwise waits up to 5 s; the node's
 /// request for a worker's certificate made before then gets a manager's,
 /// and it asks again only after a random back-off of up to 10 s.
-async fn touch(env: &Env, t: &Target) {
-    if let Err(e) = env.ctx.docker.touch_node(&t.node).await {
+async fn touch(bearings: &Bearings, t: &Target) {
+    if let Err(e) = bearings.hands.docker.touch_node(&t.node).await {
         tracing::debug!("re-address {}: {e}", t.hostname);
     }
 }
@@ -721,11 +739,11 @@ async fn touch(env: &Env, t: &Target) {
 /// missing listener); demoted during that restart, it joins raft again as
 /// a new member before it takes its worker's certificate, and leaves a
 /// stray member no one removes (docs/recovery.md).
-async fn became_reachable(env: &Env, t: &Target) -> bool {
+async fn became_reachable(bearings: &Bearings, t: &Target) -> bool {
     let start = Instant::now();
     while start.elapsed() < UNREACHABLE_GRACE {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let Ok(snap) = env.ctx.docker.snapshot().await else {
+        let Ok(snap) = bearings.hands.docker.snapshot().await else {
             continue;
         };
         if snap
@@ -739,18 +757,19 @@ async fn became_reachable(env: &Env, t: &Target) -> bool {
     false
 }
 
-fn say(env: &Env, line: String) {
-    let _ = env.say.send(line);
+fn say(bearings: &Bearings, line: String) {
+    let _ = bearings.say.send(line);
 }
 
 async fn ssh(
-    env: &Env,
+    bearings: &Bearings,
     node: &str,
     addr: Ipv4Addr,
     what: &str,
     cmd: &str,
 ) -> Result<String, ReaddressError> {
-    env.ctx
+    bearings
+        .hands
         .ssh
         .run(node, &addr.to_string(), what, cmd, b"", SSH_TIMEOUT)
         .await

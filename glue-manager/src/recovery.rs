@@ -19,7 +19,7 @@ use crate::memory::{Memory, Role};
 use crate::plan::{self, Action, AgentSeen, Health, HeartbeatMove, Observation, Phase, Recovery};
 use crate::ports::{Agents, Discovery, Peers, Ports, Readdressing, Store, Swarm, TellError};
 use crate::progress::RecoveryFile;
-use crate::readdress::{self, Outcome, ReaddressError};
+use crate::readdress::{self, ReaddressError, StepEnd};
 
 /// How long a round waits for Avahi to resolve a worker's name. A worker
 /// that did not move is never resolved, and every round waits this long
@@ -57,7 +57,7 @@ pub struct Recoverer {
     /// name and the task.
     readdressing: Option<(
         String,
-        tokio::task::JoinHandle<Result<Outcome, ReaddressError>>,
+        tokio::task::JoinHandle<Result<StepEnd, ReaddressError>>,
     )>,
     /// Told when that task ends, so the next round need not wait its turn.
     readdress_done: Arc<tokio::sync::Notify>,
@@ -325,7 +325,7 @@ impl Recoverer {
 
     /// Takes in an announcement: a hint about a remembered manager. True if
     /// it brought an address not heard before (worth a round at once).
-    pub fn heard(&mut self, memory: &Memory, event: Event) -> bool {
+    pub fn hear(&mut self, memory: &Memory, event: Event) -> bool {
         let h = match event {
             Event::Heard(h) => h,
             Event::Unreadable(e) => {
@@ -534,9 +534,9 @@ impl Recoverer {
             return;
         };
         match task.await {
-            Ok(Ok(Outcome::Done)) => self.not_now.clear(),
-            Ok(Ok(Outcome::NotNow(why))) => {
-                self.held(format!("re-addressing {name} waits: {why}"), lines)
+            Ok(Ok(StepEnd::Done)) => self.not_now.clear(),
+            Ok(Ok(StepEnd::NotNow(why))) => {
+                self.say_wait(format!("re-addressing {name} waits: {why}"), lines)
             }
             Ok(Err(e)) => {
                 self.timeline(
@@ -585,7 +585,7 @@ impl Recoverer {
             // A step that ended (or failed) calls for a round at once; a
             // "not now" waits for the next tick (a round a tick, not five a
             // second while a step waits; docs/recovery.md).
-            if !matches!(r, Ok(Outcome::NotNow(_))) {
+            if !matches!(r, Ok(StepEnd::NotNow(_))) {
                 done.notify_one();
             }
             r
@@ -656,7 +656,7 @@ impl Recoverer {
 
     /// Says in the timeline why re-addressing waits, once per reason: a
     /// wait is where a slow recovery's time goes.
-    fn held(&mut self, why: String, lines: &mut Vec<String>) {
+    fn say_wait(&mut self, why: String, lines: &mut Vec<String>) {
         if why != self.not_now {
             self.not_now = why.clone();
             self.timeline(why, lines);
@@ -709,7 +709,7 @@ impl Recoverer {
         }
         let (pushes, batch) = self.take_actions(memory, &obs, &p, swarm.as_ref(), &mut lines);
         if let Some(why) = &p.held {
-            self.held(format!("re-addressing waits: {why}"), &mut lines);
+            self.say_wait(format!("re-addressing waits: {why}"), &mut lines);
         }
         if let (false, None, Some(swarm)) = (batch.is_empty(), &self.readdressing, &swarm) {
             self.start_readdressing(memory, &obs, &p.next, swarm.as_ref(), batch);

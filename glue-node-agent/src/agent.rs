@@ -465,7 +465,7 @@ impl Agent {
         // Owed before it is tried, whatever asked for it (a set, a repair, a
         // lost address): if the agent is killed or the reset fails, the
         // next check, or a restart, retries it.
-        if let Err(e) = self.owe(|owed| owed.extend(&olds)) {
+        if let Err(e) = self.change_owed_resets(|owed| owed.extend(&olds)) {
             tracing::warn!("{e}");
         }
         let resetting = std::time::Instant::now();
@@ -474,12 +474,15 @@ impl Agent {
         if !errors.is_empty() {
             return Err(EnforceError::StaleConnections(errors));
         }
-        self.owe(|owed| owed.retain(|a| !olds.contains(a)))?;
+        self.change_owed_resets(|owed| owed.retain(|a| !olds.contains(a)))?;
         Ok(changed)
     }
 
     /// Changes the addresses owed a reset, persisted (only when they change).
-    fn owe(&self, change: impl FnOnce(&mut BTreeSet<Ipv4Addr>)) -> Result<(), EnforceError> {
+    fn change_owed_resets(
+        &self,
+        change: impl FnOnce(&mut BTreeSet<Ipv4Addr>),
+    ) -> Result<(), EnforceError> {
         let mut state = self
             .state
             .lock()

@@ -21,7 +21,7 @@ use crate::host::{Host, HostError};
 use crate::identity::{Expected, IdentityError};
 use crate::memory::Memory;
 use crate::progress::RecoveryFile;
-use crate::readdress::{Outcome, ReaddressError};
+use crate::readdress::{ReaddressError, StepEnd};
 
 /// A poisoned lock in a test double is the test's own panic: go on with it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,14 +140,14 @@ impl Swarm for RecordingSwarm {
         &self,
         work: Readdressing,
         say: mpsc::UnboundedSender<String>,
-    ) -> JoinHandle<Result<Outcome, ReaddressError>> {
+    ) -> JoinHandle<Result<StepEnd, ReaddressError>> {
         let script = lock(&self.scripts).pop_front().unwrap_or(Script::Done);
         let _ = say.send(format!("recorded: {}", describe(&work)));
         lock(&self.readdressed).push(work);
         tokio::spawn(async move {
             match script {
-                Script::Done => Ok(Outcome::Done),
-                Script::NotNow(why) => Ok(Outcome::NotNow(why)),
+                Script::Done => Ok(StepEnd::Done),
+                Script::NotNow(why) => Ok(StepEnd::NotNow(why)),
                 Script::Fail(message) => Err(ReaddressError::Docker(DockerError::Call {
                     what: "demoting (recording)".into(),
                     message,

@@ -371,16 +371,16 @@ async fn a_claim_no_manager_proves_never_becomes_a_rule() {
         service: "swarm-glue m3".into(),
     };
     assert!(
-        r.heard(&w.memory, Event::Heard(heard.clone())),
+        r.hear(&w.memory, Event::Heard(heard.clone())),
         "a new claim"
     );
     // A claim for a node this swarm does not have as a manager is not taken.
     let mut stranger = heard.clone();
     stranger.announcement.node = "w1".into();
-    assert!(!r.heard(&w.memory, Event::Heard(stranger)));
+    assert!(!r.hear(&w.memory, Event::Heard(stranger)));
     let mut other_swarm = heard;
     other_swarm.announcement.cluster = "d".into();
-    assert!(!r.heard(&w.memory, Event::Heard(other_swarm)));
+    assert!(!r.hear(&w.memory, Event::Heard(other_swarm)));
     for _ in 0..2 {
         w.round(&mut r, Health::NoLeader).await;
     }
