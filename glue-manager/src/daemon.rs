@@ -540,7 +540,7 @@ impl Daemon {
             manager_id: manager_id.to_string(),
             signing: glue_protocol::SigningKey::from_pkcs8(self.signing.pkcs8())?,
             seq: self.seq.clone(),
-            ssh: self.ssh.clone(),
+            ssh: Arc::new(self.ssh.clone()),
             docker,
             agent_port: self.cfg.agent_port,
             agent_dir: self.cfg.agent_dir.clone(),

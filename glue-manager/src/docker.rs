@@ -130,6 +130,26 @@ impl DockerApi {
         })
     }
 
+    /// A client for `socket` that has asked the daemon nothing: with no
+    /// daemon there, every call fails as it does when Docker is down.
+    #[cfg(test)]
+    pub fn unconnected(socket: &Path) -> Result<DockerApi, DockerError> {
+        let socket = socket.display().to_string();
+        let docker =
+            Docker::connect_with_unix(&socket, 1, bollard::API_DEFAULT_VERSION).map_err(|e| {
+                DockerError::Unreachable {
+                    socket: socket.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        let api_version = docker.client_version().to_string();
+        Ok(DockerApi {
+            docker,
+            socket,
+            api_version,
+        })
+    }
+
     pub fn socket(&self) -> &str {
         &self.socket
     }

@@ -18,7 +18,7 @@ use crate::docker::{short, DockerApi, JobState, KeyJob};
 use crate::install::{self, Probe, Wanted};
 use crate::keys::Sequence;
 use crate::memory::{ManagerKeys, PinnedAgent};
-use crate::ssh::{Ssh, SshError};
+use crate::ssh::{Remote, SshError};
 
 /// Where enrolling a node stands, as status shows it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +53,7 @@ pub struct Hands {
     pub manager_id: String,
     pub signing: SigningKey,
     pub seq: Arc<Sequence>,
-    pub ssh: Ssh,
+    pub ssh: Arc<dyn Remote>,
     pub docker: DockerApi,
     pub agent_port: u16,
     pub agent_dir: PathBuf,
@@ -405,6 +405,86 @@ pub fn reach_addr(addr: &str, manager_addr: Option<&str>) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::recording::RecordingRemote;
+    use crate::ssh::SshError;
+
+    /// Hands whose remote hosts are `remote` (Docker is not there).
+    fn hands(remote: Arc<RecordingRemote>) -> Hands {
+        let dir = std::env::temp_dir().join(format!("glue-enrol-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // A file, not a socket: nothing answers there.
+        let socket = dir.join("no-docker.sock");
+        std::fs::write(&socket, b"").expect("socket stand-in");
+        Hands {
+            manager_id: "m1".into(),
+            signing: SigningKey::generate().expect("key"),
+            seq: Arc::new(Sequence::open(&dir.join("seq")).expect("seq")),
+            ssh: remote,
+            docker: DockerApi::unconnected(&socket).expect("client"),
+            agent_port: 7950,
+            agent_dir: dir,
+            key_job_image: "busybox".into(),
+            key_job_timeout: Duration::from_secs(1),
+            lock_lease: Duration::from_secs(1),
+        }
+    }
+
+    fn enrolment() -> Enrolment {
+        Enrolment {
+            node_id: "w1id".into(),
+            hostname: "w1".into(),
+            addr: "10.0.1.4".parse().expect("ip"),
+            cluster_id: "c".into(),
+            registry: BTreeMap::new(),
+            pinned: None,
+            quick: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_install_uploads_the_binary_then_runs_the_plan_and_reads_the_agent_key() {
+        let remote = Arc::new(RecordingRemote::default());
+        let key = SigningKey::generate().expect("key").public();
+        remote.answer(
+            "installing the agent",
+            Ok(format!("arch x86_64\npub ed25519 {key}\n")),
+        );
+        let plan = install::InstallPlan {
+            bin_path: "/usr/local/bin/glue-node-agent".into(),
+            copy_binary: true,
+            writes: BTreeMap::new(),
+            restart: true,
+        };
+        let got = install_agent(&hands(remote.clone()), &enrolment(), &plan, Some(b"ELF"))
+            .await
+            .expect("installed");
+        assert_eq!(got, Some(key));
+        let runs = remote.runs();
+        let what: Vec<&str> = runs.iter().map(|r| r.what.as_str()).collect();
+        assert_eq!(what, ["uploading the agent", "installing the agent"]);
+        assert_eq!(runs[0].input, b"ELF");
+        assert!(runs
+            .iter()
+            .all(|r| r.node == "w1id" && r.addr == "10.0.1.4"));
+        assert_eq!(runs[1].remote, "sh -s");
+    }
+
+    #[tokio::test]
+    async fn a_node_ssh_cannot_reach_fails_its_enrolment_naming_the_address() {
+        let remote = Arc::new(RecordingRemote::default());
+        let down = SshError::Unreachable {
+            addr: "10.0.1.4".into(),
+            message: "connection timed out".into(),
+        };
+        remote.answer("probing", Err(down));
+        let e = enrol(Arc::new(hands(remote.clone())), enrolment())
+            .await
+            .expect_err("unreachable");
+        assert!(!e.ssh_ok);
+        assert!(e.message.contains("10.0.1.4"), "{}", e.message);
+        // Nothing was installed.
+        assert_eq!(remote.runs().len(), 1);
+    }
 
     #[test]
     fn a_manager_that_reports_0_0_0_0_is_reached_at_its_raft_address() {

@@ -5,8 +5,24 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+
+/// A shell command line run as root on a node, `input` on its stdin; its
+/// stdout. Real: [`Ssh`]; for tests, `ports::recording::RecordingRemote`.
+#[async_trait]
+pub trait Remote: Send + Sync {
+    async fn run(
+        &self,
+        node: &str,
+        addr: &str,
+        what: &str,
+        remote: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<String, SshError>;
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SshError {
@@ -35,6 +51,23 @@ pub struct Ssh {
     pub known_hosts_dir: PathBuf,
     pub port: u16,
     pub connect_timeout_s: u64,
+}
+
+#[async_trait]
+impl Remote for Ssh {
+    /// Runs `remote` (a shell command line) as root on the node, feeding
+    /// `input` to its stdin; returns its stdout.
+    async fn run(
+        &self,
+        node: &str,
+        addr: &str,
+        what: &str,
+        remote: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<String, SshError> {
+        self.run_ssh(node, addr, what, remote, input, timeout).await
+    }
 }
 
 impl Ssh {
@@ -76,9 +109,7 @@ impl Ssh {
         c
     }
 
-    /// Runs `remote` (a shell command line) as root on the node, feeding
-    /// `input` to its stdin; returns its stdout.
-    pub async fn run(
+    async fn run_ssh(
         &self,
         node: &str,
         addr: &str,

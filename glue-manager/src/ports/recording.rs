@@ -22,6 +22,7 @@ use crate::identity::{Expected, IdentityError};
 use crate::memory::Memory;
 use crate::progress::RecoveryFile;
 use crate::readdress::{ReaddressError, StepEnd};
+use crate::ssh::{Remote, SshError};
 
 /// A poisoned lock in a test double is the test's own panic: go on with it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -456,5 +457,58 @@ impl Host for RecordingHost {
 
     fn now_ms(&self) -> u64 {
         self.now_ms.load(Ordering::SeqCst)
+    }
+}
+
+/// One command run on a node over the recording remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRun {
+    pub node: String,
+    pub addr: String,
+    pub what: String,
+    pub remote: String,
+    pub input: Vec<u8>,
+}
+
+/// Remote hosts: each command kept; answered by what it is (`what`), as
+/// the test set it, else with empty output.
+#[derive(Default)]
+pub struct RecordingRemote {
+    pub answers: Mutex<BTreeMap<String, Result<String, SshError>>>,
+    pub runs: Mutex<Vec<RemoteRun>>,
+}
+
+impl RecordingRemote {
+    pub fn answer(&self, what: &str, answer: Result<String, SshError>) {
+        lock(&self.answers).insert(what.to_string(), answer);
+    }
+
+    pub fn runs(&self) -> Vec<RemoteRun> {
+        lock(&self.runs).clone()
+    }
+}
+
+#[async_trait]
+impl Remote for RecordingRemote {
+    async fn run(
+        &self,
+        node: &str,
+        addr: &str,
+        what: &str,
+        remote: &str,
+        input: &[u8],
+        _timeout: Duration,
+    ) -> Result<String, SshError> {
+        lock(&self.runs).push(RemoteRun {
+            node: node.to_string(),
+            addr: addr.to_string(),
+            what: what.to_string(),
+            remote: remote.to_string(),
+            input: input.to_vec(),
+        });
+        lock(&self.answers)
+            .get(what)
+            .cloned()
+            .unwrap_or_else(|| Ok(String::new()))
     }
 }
