@@ -225,6 +225,12 @@ impl World {
         }
     }
 
+    /// A round while the swarm has its leader.
+    async fn healthy_round(&mut self, r: &mut Recoverer) -> Vec<String> {
+        let health = self.healthy();
+        self.round(r, health).await
+    }
+
     /// Rounds (healthy, as Docker is once the rules are in force) until
     /// the recovery is over or `limit` rounds ran; every line said.
     async fn until_idle(&mut self, r: &mut Recoverer, limit: usize) -> Vec<String> {
@@ -249,6 +255,16 @@ impl World {
     }
 }
 
+/// A 3 + 2 swarm all moved to NEW, after the first round (no leader yet):
+/// the rules are out.
+async fn moved_3_2() -> (World, Recoverer) {
+    let mut w = World::new(3, 2);
+    let mut r = w.recoverer();
+    w.move_all(NEW);
+    w.round(&mut r, Health::NoLeader).await;
+    (w, r)
+}
+
 fn said(lines: &[String], part: &str) -> bool {
     lines.iter().any(|l| l.contains(part))
 }
@@ -271,8 +287,7 @@ async fn a_healthy_swarm_that_did_not_move_costs_nothing() {
     w.swarm.period.lock().expect("period").1 = None;
     let mut r = w.recoverer();
     for _ in 0..3 {
-        let health = w.healthy();
-        assert!(w.round(&mut r, health).await.is_empty());
+        assert!(w.healthy_round(&mut r).await.is_empty());
     }
     assert!(w.agents.told().is_empty(), "{:?}", w.agents.told());
     assert!(w.peers.proofs().is_empty());
@@ -440,10 +455,7 @@ async fn nothing_is_proven_while_this_hosts_own_agent_is_silent() {
 
 #[tokio::test]
 async fn an_agent_that_does_not_answer_holds_clean_up_and_is_named_until_it_does() {
-    let mut w = World::new(3, 2);
-    let mut r = w.recoverer();
-    w.move_all(NEW);
-    w.round(&mut r, Health::NoLeader).await;
+    let (mut w, mut r) = moved_3_2().await;
     w.agents.with("w2", |a| a.silent = true);
     let lines = w.until_idle(&mut r, 20).await;
     assert_eq!(r.phase(), Phase::CleanUp, "{lines:#?}");
@@ -476,10 +488,7 @@ async fn an_agent_that_does_not_answer_holds_clean_up_and_is_named_until_it_does
 
 #[tokio::test]
 async fn a_node_down_through_clean_up_gets_the_heartbeat_back_and_keeps_its_rules() {
-    let mut w = World::new(3, 2);
-    let mut r = w.recoverer();
-    w.move_all(NEW);
-    w.round(&mut r, Health::NoLeader).await;
+    let (mut w, mut r) = moved_3_2().await;
     w.agents.with("w2", |a| a.silent = true);
     r.down.insert("w2".into());
     r.not_ready.insert("w2".into());
@@ -496,21 +505,16 @@ async fn a_node_down_through_clean_up_gets_the_heartbeat_back_and_keeps_its_rule
 
 #[tokio::test]
 async fn a_manager_killed_mid_readdressing_is_continued_by_its_next_process() {
-    let mut w = World::new(3, 2);
-    let mut r = w.recoverer();
-    w.move_all(NEW);
-    w.round(&mut r, Health::NoLeader).await;
+    let (mut w, mut r) = moved_3_2().await;
     w.swarm
         .scripts
         .lock()
         .expect("scripts")
         .push_back(Script::Hang);
-    let health = w.healthy();
-    w.round(&mut r, health).await;
+    w.healthy_round(&mut r).await;
     let started = w.swarm.readdressed();
     assert_eq!(started.len(), 1);
-    let health = w.healthy();
-    w.round(&mut r, health).await;
+    w.healthy_round(&mut r).await;
     assert_eq!(
         w.swarm.readdressed().len(),
         1,
@@ -526,8 +530,7 @@ async fn a_manager_killed_mid_readdressing_is_continued_by_its_next_process() {
     w.carried_out = w.swarm.readdressed().len();
     let mut again = w.recoverer();
     assert_eq!(again.phase(), Phase::Readdress, "continued from its file");
-    let health = w.healthy();
-    w.round(&mut again, health).await;
+    w.healthy_round(&mut again).await;
     let next = w.swarm.readdressed();
     assert_eq!(next.len(), 2);
     assert_eq!(
@@ -541,36 +544,26 @@ async fn a_manager_killed_mid_readdressing_is_continued_by_its_next_process() {
 
 #[tokio::test]
 async fn a_new_leader_during_readdressing_is_told_the_raised_heartbeat() {
-    let mut w = World::new(3, 2);
-    let mut r = w.recoverer();
-    w.move_all(NEW);
-    w.round(&mut r, Health::NoLeader).await;
+    let (mut w, mut r) = moved_3_2().await;
     w.swarm
         .scripts
         .lock()
         .expect("scripts")
         .push_back(Script::Hang);
-    let health = w.healthy();
-    w.round(&mut r, health).await;
+    w.healthy_round(&mut r).await;
     assert_eq!(w.swarm.heartbeat_calls(), ["hold"]);
-    let health = w.healthy();
-    w.round(&mut r, health).await;
+    w.healthy_round(&mut r).await;
     assert_eq!(w.swarm.heartbeat_calls(), ["hold"], "the same leader");
     w.leader = "m3".into();
-    let health = w.healthy();
-    w.round(&mut r, health).await;
+    w.healthy_round(&mut r).await;
     assert_eq!(w.swarm.heartbeat_calls(), ["hold", "retouch"]);
-    let health = w.healthy();
-    w.round(&mut r, health).await;
+    w.healthy_round(&mut r).await;
     assert_eq!(w.swarm.heartbeat_calls(), ["hold", "retouch"], "told once");
 }
 
 #[tokio::test]
 async fn a_failed_readdressing_is_said_and_tried_again() {
-    let mut w = World::new(3, 2);
-    let mut r = w.recoverer();
-    w.move_all(NEW);
-    w.round(&mut r, Health::NoLeader).await;
+    let (mut w, mut r) = moved_3_2().await;
     w.swarm
         .scripts
         .lock()
@@ -578,13 +571,11 @@ async fn a_failed_readdressing_is_said_and_tried_again() {
         .push_back(Script::Fail("node m2 not found".into()));
     // The failure is carried out too (see carry_out): undo it.
     w.others_act = false;
-    let health = w.healthy();
-    w.round(&mut r, health).await;
+    w.healthy_round(&mut r).await;
     w.readdressed("m2", at(OLD, 2));
     w.agents
         .with("w1", |a| a.dockerd = Some(holding(at(OLD, 4))));
-    let health = w.healthy();
-    let lines = w.round(&mut r, health).await;
+    let lines = w.healthy_round(&mut r).await;
     assert!(
         said(&lines, "re-address m2 and w1 failed, to be tried again"),
         "{lines:#?}"
@@ -595,10 +586,7 @@ async fn a_failed_readdressing_is_said_and_tried_again() {
 
 #[tokio::test]
 async fn a_readdressing_that_must_wait_says_why_once() {
-    let mut w = World::new(3, 2);
-    let mut r = w.recoverer();
-    w.move_all(NEW);
-    w.round(&mut r, Health::NoLeader).await;
+    let (mut w, mut r) = moved_3_2().await;
     let why = "another manager holds the re-address lock";
     for _ in 0..3 {
         w.swarm
@@ -609,8 +597,7 @@ async fn a_readdressing_that_must_wait_says_why_once() {
     }
     let mut lines = Vec::new();
     for _ in 0..4 {
-        let health = w.healthy();
-        lines.extend(w.round(&mut r, health).await);
+        lines.extend(w.healthy_round(&mut r).await);
         // Not carried out: it waited.
         w.readdressed("m2", at(OLD, 2));
         w.agents
@@ -622,13 +609,9 @@ async fn a_readdressing_that_must_wait_says_why_once() {
 
 #[tokio::test]
 async fn marks_docker_cannot_read_hold_readdressing_back() {
-    let mut w = World::new(3, 2);
-    let mut r = w.recoverer();
-    w.move_all(NEW);
-    w.round(&mut r, Health::NoLeader).await;
+    let (mut w, mut r) = moved_3_2().await;
     w.swarm.down.store(true, Ordering::SeqCst);
-    let health = w.healthy();
-    let lines = w.round(&mut r, health).await;
+    let lines = w.healthy_round(&mut r).await;
     assert!(w.swarm.readdressed().is_empty());
     assert!(
         said(&lines, "the re-address marks could not be read"),
@@ -647,8 +630,7 @@ async fn an_unreadable_address_list_is_not_a_move() {
     let mut r = w.recoverer();
     w.host.set_addrs(Err(HostError("EMFILE".into())));
     for _ in 0..2 {
-        let health = w.healthy();
-        assert!(w.round(&mut r, health).await.is_empty());
+        assert!(w.healthy_round(&mut r).await.is_empty());
     }
     assert!(!r.quorum_in_doubt(&w.memory), "unreadable is not moved");
     assert!(w.agents.told().is_empty());
@@ -666,8 +648,7 @@ async fn the_timeline_is_stamped_by_the_hosts_clock_and_saved() {
     w.host.advance_ms(500);
     w.round(&mut r, Health::NoLeader).await;
     w.host.advance_ms(1_500);
-    let health = w.healthy();
-    w.round(&mut r, health).await;
+    w.healthy_round(&mut r).await;
     let stamps: Vec<u64> = r.file.timeline.iter().map(|(ms, _)| *ms).collect();
     assert_eq!(
         stamps[..3],
@@ -682,12 +663,8 @@ async fn the_timeline_is_stamped_by_the_hosts_clock_and_saved() {
 
 #[tokio::test]
 async fn a_worker_that_moved_is_restarted_beside_a_manager_and_the_rules_wait_for_it() {
-    let mut w = World::new(3, 2);
-    let mut r = w.recoverer();
-    w.move_all(NEW);
-    w.round(&mut r, Health::NoLeader).await;
-    let health = w.healthy();
-    w.round(&mut r, health).await;
+    let (mut w, mut r) = moved_3_2().await;
+    w.healthy_round(&mut r).await;
     let first = w.swarm.readdressed();
     let Readdressing::Nodes { targets, .. } = &first[0] else {
         panic!("{first:?}");
