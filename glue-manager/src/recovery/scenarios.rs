@@ -684,3 +684,91 @@ async fn a_worker_that_moved_is_restarted_beside_a_manager_and_the_rules_wait_fo
         }
     );
 }
+
+/// The managers each re-addressing started, in order.
+fn batches(w: &World) -> Vec<Vec<String>> {
+    w.swarm
+        .readdressed()
+        .iter()
+        .map(|work| match work {
+            Readdressing::Nodes { targets, .. } => targets
+                .iter()
+                .filter(|t| t.how == readdress::How::Manager)
+                .map(|t| t.node.clone())
+                .collect(),
+            Readdressing::ThisHost { .. } => vec!["m1".to_string()],
+        })
+        .filter(|b: &Vec<String>| !b.is_empty())
+        .collect()
+}
+
+#[tokio::test]
+async fn five_managers_are_readdressed_two_at_a_time_and_the_leader_last_alone() {
+    let mut w = World::new(5, 2);
+    let mut r = w.recoverer();
+    w.move_all(NEW);
+    w.round(&mut r, Health::NoLeader).await;
+    let lines = w.until_idle(&mut r, 40).await;
+    assert_eq!(r.phase(), Phase::Idle, "{lines:#?}");
+    // m1 leads and coordinates the others; m2 then re-addresses m1.
+    assert_eq!(
+        batches(&w),
+        [vec!["m2", "m3"], vec!["m4", "m5"]],
+        "{lines:#?}"
+    );
+    for m in ["m1", "m2", "m3", "m4", "m5"] {
+        assert_eq!(w.recorded[m], at(NEW, w.number[m]), "{m}");
+    }
+    assert!(w.rules_of("w2").is_empty());
+}
+
+#[tokio::test]
+async fn only_the_managers_moved_workers_are_read_where_they_were_and_keep_no_rule() {
+    let mut w = World::new(3, 2);
+    let mut r = w.recoverer();
+    w.move_to(NEW, &["m1", "m2", "m3"]);
+    // The workers stayed: not on the managers' new link, not resolved.
+    w.discovery
+        .names
+        .lock()
+        .expect("names")
+        .retain(|n, _| n.starts_with('m'));
+    w.round(&mut r, Health::NoLeader).await;
+    assert_eq!(
+        w.rules_of("w1"),
+        [
+            (at(OLD, 1), at(NEW, 1)),
+            (at(OLD, 2), at(NEW, 2)),
+            (at(OLD, 3), at(NEW, 3))
+        ]
+    );
+    let asked_w1: Vec<SocketAddr> = w
+        .agents
+        .told()
+        .into_iter()
+        .filter(|(n, _, _)| n == "w1")
+        .map(|(_, e, _)| e)
+        .collect();
+    assert!(
+        asked_w1.iter().all(|e| e.ip() == at(OLD, 4)),
+        "{asked_w1:?}"
+    );
+    let lines = w.until_idle(&mut r, 40).await;
+    assert_eq!(r.phase(), Phase::Idle, "{lines:#?}");
+    for n in ["m1", "m2", "m3", "w1", "w2"] {
+        assert!(w.rules_of(n).is_empty(), "{n}: {:?}", w.rules_of(n));
+    }
+    // A worker that did not move is not restarted.
+    let restarted: Vec<String> = w
+        .swarm
+        .readdressed()
+        .iter()
+        .flat_map(|work| match work {
+            Readdressing::Nodes { targets, .. } => targets.clone(),
+            Readdressing::ThisHost { .. } => Vec::new(),
+        })
+        .filter(|t| t.node.starts_with('w'))
+        .map(|t| t.node)
+        .collect();
+    assert!(restarted.is_empty(), "{restarted:?}");
+}
