@@ -502,6 +502,9 @@ impl Daemon {
             self.registered = false;
         }
         self.report.node_id = snap.node_id.clone();
+        if self.hands.is_none() {
+            self.hands = Some(Arc::new(self.make_hands(docker.clone(), &snap.node_id)?));
+        }
         if self.recoverer.phase() != crate::plan::Phase::Idle {
             // While a recovery is under way the memory follows the addresses
             // Docker records (a re-addressed manager is dialled at its new
@@ -509,15 +512,9 @@ impl Daemon {
             // re-addressed stays a manager in it; enrolments wait.
             self.report.managers = registry.keys().cloned().collect();
             self.remember(snap, &registry, true);
-            if self.hands.is_none() {
-                self.hands = Some(Arc::new(self.make_hands(docker.clone(), &snap.node_id)?));
-            }
             return Ok(());
         }
         self.remember(snap, &registry, false);
-        if self.hands.is_none() {
-            self.hands = Some(Arc::new(self.make_hands(docker.clone(), &snap.node_id)?));
-        }
         self.report.managers = registry.keys().cloned().collect();
         self.start_due(snap, &registry);
         let confirmed = self

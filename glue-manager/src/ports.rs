@@ -18,7 +18,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use glue_protocol::{AgentStatus, CommandBody, SigningKey};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::agent_client::{self, Issuer};
 use crate::discovery::DiscoveryError;
@@ -55,12 +54,12 @@ pub trait Swarm: Send + Sync {
     async fn retouch_heartbeat(&self, raised: Duration) -> Result<bool, DockerError>;
     /// The period put back, if this call put it back.
     async fn release_heartbeat(&self, raised: Duration) -> Result<Option<Duration>, DockerError>;
-    /// Starts re-addressing as a task; its timeline lines go to `say`.
-    fn readdress(
+    /// Carries out a re-addressing; its timeline lines go to `say`.
+    async fn readdress(
         &self,
         work: Readdressing,
         say: mpsc::UnboundedSender<String>,
-    ) -> JoinHandle<Result<StepEnd, ReaddressError>>;
+    ) -> Result<StepEnd, ReaddressError>;
 }
 
 /// A re-addressing to run (see [`crate::readdress`]).
@@ -184,13 +183,13 @@ impl Swarm for Live {
         self.0.docker.release_heartbeat(raised).await
     }
 
-    fn readdress(
+    async fn readdress(
         &self,
         work: Readdressing,
         say: mpsc::UnboundedSender<String>,
-    ) -> JoinHandle<Result<StepEnd, ReaddressError>> {
+    ) -> Result<StepEnd, ReaddressError> {
         let hands = self.0.clone();
-        tokio::spawn(async move {
+        {
             match work {
                 Readdressing::Nodes {
                     managers,
@@ -209,7 +208,7 @@ impl Swarm for Live {
                     readdress::restart_self(&hands, old, new, &stale, &say).await
                 }
             }
-        })
+        }
     }
 }
 
@@ -278,8 +277,14 @@ pub struct StateFile {
 
 impl Store for StateFile {
     fn load(&self) -> RecoveryFile {
-        let Ok(bytes) = std::fs::read(&self.path) else {
-            return RecoveryFile::default();
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return RecoveryFile::default(),
+            Err(e) => {
+                let path = self.path.display();
+                tracing::error!("cannot read {path} ({e}); starting from what is seen");
+                return RecoveryFile::default();
+            }
         };
         serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             // The damaged file is kept for a person to look at.

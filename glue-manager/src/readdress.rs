@@ -121,8 +121,6 @@ pub enum ReaddressError {
         secs: u64,
         last: String,
     },
-    #[error("the re-addressing task ended abnormally: {0}")]
-    Crashed(String),
     /// Several targets of one step failed, each named.
     #[error("{}", .0.iter().map(|(host, e)| format!("{host}: {e}")).collect::<Vec<_>>().join("; "))]
     Several(Vec<(String, ReaddressError)>),

@@ -86,7 +86,8 @@ struct Basis {
 /// Proofs that no longer hold: made before Docker recorded the node at
 /// another address than the proven one, or before this host moved. A proof
 /// is never made again while it stands, so a stale one would turn into a
-/// rule from the peer's new address back to its dead old one (docs/recovery.md, "Measured: behind the constants").
+/// rule from the peer's new address back to its dead old one
+/// (docs/recovery.md, "Measured: behind the constants").
 fn stale_proofs(
     proven: &BTreeMap<String, Ipv4Addr>,
     basis: &BTreeMap<String, Basis>,
@@ -571,17 +572,15 @@ impl Recoverer {
             new: addr,
             stale,
         };
-        self.spawn_readdressing("this host".to_string(), swarm.as_ref(), work);
+        self.spawn_readdressing("this host".to_string(), swarm, work);
     }
 
     /// Runs `work` as the task that takes the re-addressing slot.
-    fn spawn_readdressing(&mut self, name: String, swarm: &dyn Swarm, work: Readdressing) {
-        let task = swarm.readdress(work, self.say_tx.clone());
+    fn spawn_readdressing(&mut self, name: String, swarm: &Arc<dyn Swarm>, work: Readdressing) {
+        let (swarm, say) = (swarm.clone(), self.say_tx.clone());
         let done = self.readdress_done.clone();
         let task = tokio::spawn(async move {
-            let r = task
-                .await
-                .unwrap_or_else(|e| Err(ReaddressError::Crashed(e.to_string())));
+            let r = swarm.readdress(work, say).await;
             // A step that ended (or failed) calls for a round at once; a
             // "not now" waits for the next tick (a round a tick, not five a
             // second while a step waits; docs/recovery.md).
@@ -712,7 +711,7 @@ impl Recoverer {
             self.say_wait(format!("re-addressing waits: {why}"), &mut lines);
         }
         if let (false, None, Some(swarm)) = (batch.is_empty(), &self.readdressing, &swarm) {
-            self.start_readdressing(memory, &obs, &p.next, swarm.as_ref(), batch);
+            self.start_readdressing(memory, &obs, &p.next, swarm, batch);
         }
         let (held_by, waiting) = push_sets(self.agents.as_ref(), memory, &p, &pushes).await;
         self.clean_up_waits(p.next.phase, waiting);
@@ -875,7 +874,7 @@ impl Recoverer {
         memory: &Memory,
         obs: &Observation,
         next: &Recovery,
-        swarm: &dyn Swarm,
+        swarm: &Arc<dyn Swarm>,
         batch: Vec<readdress::Target>,
     ) {
         let mut managers: BTreeMap<String, Ipv4Addr> = plan::current_addrs(obs, memory)

@@ -38,6 +38,8 @@ pub enum StateError {
     },
     #[error("{path} is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error("{path}: the state cannot be encoded: {message}")]
+    Encode { path: PathBuf, message: String },
     #[error(transparent)]
     Write(#[from] glue_protocol::files::WriteError),
 }
@@ -109,9 +111,9 @@ impl StateStore {
     }
 
     pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Corrupt {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Encode {
             path: self.path.clone(),
-            message: format!("the state cannot be encoded: {e}"),
+            message: e.to_string(),
         })?;
         Ok(write_atomic(&self.path, &bytes)?)
     }

@@ -94,6 +94,7 @@ impl Heartbeat {
         let Some(leader) = leader else {
             return moves;
         };
+        // Not after a put-back: that move ends the raised period.
         let retell = matches!(phase, Phase::Readdress | Phase::CleanUp)
             && self.held
             && moves.is_empty()

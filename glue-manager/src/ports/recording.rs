@@ -11,7 +11,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use glue_protocol::{AgentStatus, CommandBody, DockerdAddrs, Rewrite};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::{Agents, Discovery, Peers, Readdressing, Store, StoreError, Swarm, TellError};
 use crate::agent_client::AgentError;
@@ -137,25 +136,23 @@ impl Swarm for RecordingSwarm {
         Ok(p.1.take().inspect(|was| p.0 = *was))
     }
 
-    fn readdress(
+    async fn readdress(
         &self,
         work: Readdressing,
         say: mpsc::UnboundedSender<String>,
-    ) -> JoinHandle<Result<StepEnd, ReaddressError>> {
+    ) -> Result<StepEnd, ReaddressError> {
         let script = lock(&self.scripts).pop_front().unwrap_or(Script::Done);
         let _ = say.send(format!("recorded: {}", describe(&work)));
         lock(&self.readdressed).push(work);
-        tokio::spawn(async move {
-            match script {
-                Script::Done => Ok(StepEnd::Done),
-                Script::NotNow(why) => Ok(StepEnd::NotNow(why)),
-                Script::Fail(message) => Err(ReaddressError::Docker(DockerError::Call {
-                    what: "demoting (recording)".into(),
-                    message,
-                })),
-                Script::Hang => std::future::pending().await,
-            }
-        })
+        match script {
+            Script::Done => Ok(StepEnd::Done),
+            Script::NotNow(why) => Ok(StepEnd::NotNow(why)),
+            Script::Fail(message) => Err(ReaddressError::Docker(DockerError::Call {
+                what: "demoting (recording)".into(),
+                message,
+            })),
+            Script::Hang => std::future::pending().await,
+        }
     }
 }
 
