@@ -1,7 +1,7 @@
 //! Runs a helper program (`iptables-restore`, `ss`, `conntrack`) with a time
 //! limit: one that hangs is killed and reported, instead of holding the
 //! agent's apply lock, and with it every later set, for as long as it hangs.
-//! (No hang was measured; the limit makes sure one cannot cut a node off.)
+//! (No hang was measured; the limit makes sure one cannot hold later sets back.)
 
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
